@@ -1,0 +1,276 @@
+//! Cache keys and values: compact ASCII, decoded without allocating.
+//!
+//! A value is `<version>:<code>`. The version comes first so that the fill
+//! script (see `fill.lua`) can compare it without knowing the rest; the code is
+//! one byte:
+//!
+//! | entry | code | meaning |
+//! |---|---|---|
+//! | pair | `n` | no relation |
+//! | pair | `c` | connected |
+//! | pair | `l` / `h` | pending, requested by the low / high user |
+//! | pair | `L` / `H` | the same, rejected by the recipient |
+//! | user | `a` | the user exists and is not deleted |
+//! | user | `g` | gone: no such user, or soft-deleted |
+//!
+//! Version 0 stands for "no row in MySQL": any real row (version >= 1) is
+//! newer, so a cached "not found" or "no relation" gives way to the first
+//! write without special cases.
+
+use crate::domain::{Pair, Relation, Side, UserId};
+
+/// A value read from MySQL, with the row version it was read at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Versioned<T> {
+    /// The row's `version` (0: no row).
+    pub version: u64,
+    /// The value at that version.
+    pub value: T,
+}
+
+/// Whether a user can be looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Exists and not deleted.
+    Active,
+    /// Never existed, or soft-deleted: "Not found." to callers.
+    Gone,
+}
+
+/// A cache entry: the key space and value encoding of one kind of entry.
+pub trait Entry: Copy {
+    /// The one-byte code of this value.
+    fn code(self) -> u8;
+    /// The value of a code, if it is one of ours.
+    fn from_code(code: u8) -> Option<Self>;
+}
+
+impl Entry for Relation {
+    fn code(self) -> u8 {
+        match self {
+            Relation::None => b'n',
+            Relation::Connected => b'c',
+            Relation::Pending {
+                by: Side::Low,
+                rejected: false,
+            } => b'l',
+            Relation::Pending {
+                by: Side::High,
+                rejected: false,
+            } => b'h',
+            Relation::Pending {
+                by: Side::Low,
+                rejected: true,
+            } => b'L',
+            Relation::Pending {
+                by: Side::High,
+                rejected: true,
+            } => b'H',
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        Some(match code {
+            b'n' => Relation::None,
+            b'c' => Relation::Connected,
+            b'l' => Relation::Pending {
+                by: Side::Low,
+                rejected: false,
+            },
+            b'h' => Relation::Pending {
+                by: Side::High,
+                rejected: false,
+            },
+            b'L' => Relation::Pending {
+                by: Side::Low,
+                rejected: true,
+            },
+            b'H' => Relation::Pending {
+                by: Side::High,
+                rejected: true,
+            },
+            _ => return None,
+        })
+    }
+}
+
+impl Entry for Presence {
+    fn code(self) -> u8 {
+        match self {
+            Presence::Active => b'a',
+            Presence::Gone => b'g',
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            b'a' => Some(Presence::Active),
+            b'g' => Some(Presence::Gone),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes `<version>:<code>`.
+pub fn encode<T: Entry>(entry: Versioned<T>) -> Vec<u8> {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(entry.version).as_bytes();
+    let mut out = Vec::with_capacity(digits.len() + 2);
+    out.extend_from_slice(digits);
+    out.push(b':');
+    out.push(entry.value.code());
+    out
+}
+
+/// Decodes a stored value; anything malformed is `None` and is treated as a
+/// miss, so a foreign or corrupted value can never become an answer.
+pub fn decode<T: Entry>(raw: &[u8]) -> Option<Versioned<T>> {
+    let (&code, rest) = raw.split_last()?;
+    let (&colon, digits) = rest.split_last()?;
+    if colon != b':' || digits.is_empty() || digits.len() > 20 {
+        return None;
+    }
+    let mut version: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        version = version.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some(Versioned {
+        version,
+        value: T::from_code(code)?,
+    })
+}
+
+/// Builds keys under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (e.g. `cs:1:`).
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// `<prefix>p:<low>:<high>`: the pair's relation.
+    pub fn pair(&self, pair: Pair) -> String {
+        let mut a = itoa::Buffer::new();
+        let mut b = itoa::Buffer::new();
+        let (low, high) = (a.format(pair.low().get()), b.format(pair.high().get()));
+        let mut key = String::with_capacity(self.prefix.len() + low.len() + high.len() + 3);
+        key.push_str(&self.prefix);
+        key.push_str("p:");
+        key.push_str(low);
+        key.push(':');
+        key.push_str(high);
+        key
+    }
+
+    /// `<prefix>u:<id>`: whether the user exists.
+    pub fn user(&self, user: UserId) -> String {
+        let mut a = itoa::Buffer::new();
+        let id = a.format(user.get());
+        let mut key = String::with_capacity(self.prefix.len() + id.len() + 2);
+        key.push_str(&self.prefix);
+        key.push_str("u:");
+        key.push_str(id);
+        key
+    }
+
+    /// The glob that matches every key under the prefix.
+    pub fn pattern(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELATIONS: [Relation; 6] = [
+        Relation::None,
+        Relation::Connected,
+        Relation::Pending {
+            by: Side::Low,
+            rejected: false,
+        },
+        Relation::Pending {
+            by: Side::High,
+            rejected: false,
+        },
+        Relation::Pending {
+            by: Side::Low,
+            rejected: true,
+        },
+        Relation::Pending {
+            by: Side::High,
+            rejected: true,
+        },
+    ];
+
+    #[test]
+    fn every_value_round_trips() {
+        for value in RELATIONS {
+            for version in [0, 1, 42, u64::MAX] {
+                let v = Versioned { version, value };
+                assert_eq!(decode::<Relation>(&encode(v)), Some(v));
+            }
+        }
+        for value in [Presence::Active, Presence::Gone] {
+            let v = Versioned { version: 9, value };
+            assert_eq!(decode::<Presence>(&encode(v)), Some(v));
+        }
+    }
+
+    #[test]
+    fn encoding_is_compact_ascii_with_the_version_first() {
+        let v = Versioned {
+            version: 17,
+            value: Relation::Pending {
+                by: Side::High,
+                rejected: true,
+            },
+        };
+        assert_eq!(encode(v), b"17:H");
+    }
+
+    #[test]
+    fn malformed_values_decode_to_nothing() {
+        for raw in [
+            &b""[..],
+            b"c",
+            b":c",
+            b"1c",
+            b"1:x",
+            b"a:c",
+            b"-1:c",
+            b"1:cc",
+            b"99999999999999999999:c",
+            b"{\"s\":1}",
+            b"1:a",
+        ] {
+            assert_eq!(
+                decode::<Relation>(raw),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        assert_eq!(decode::<Presence>(b"3:n"), None);
+    }
+
+    #[test]
+    fn keys_carry_the_prefix_and_the_ordered_pair() {
+        let keys = Keys::new("cs:1:");
+        let (a, b) = (UserId::new(90).expect("id"), UserId::new(7).expect("id"));
+        let pair = Pair::new(a, b).expect("pair");
+        assert_eq!(keys.pair(pair), "cs:1:p:7:90");
+        assert_eq!(keys.user(a), "cs:1:u:90");
+        assert_eq!(keys.pattern(), "cs:1:*");
+    }
+}

@@ -1,0 +1,230 @@
+//! The Redis cache: read entries, and fill them only if newer.
+//!
+//! The request path shares one multiplexed `ConnectionManager` (no pool
+//! checkout, so no `PING` per request; it reconnects by itself). Every call
+//! has a timeout, and a failure opens a short circuit breaker during which the
+//! request path does not touch Redis at all and answers from MySQL: Redis is a
+//! cache, never the truth.
+//!
+//! Every write goes through [`Cache::fill`], one atomic script that sets a key
+//! only when the stored version is older. That is what makes a late fill by
+//! a slow reader harmless: it carries an older version and is refused.
+
+pub mod codec;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script};
+use secrecy::ExposeSecret;
+
+use crate::config::CacheSettings;
+use crate::domain::{Pair, Relation, UserId};
+use codec::{Keys, Presence, Versioned};
+
+/// Errors of a cache call; the request path only counts them.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// Redis answered with an error, or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The call took longer than the configured timeout.
+    #[error("redis call timed out")]
+    Timeout,
+    /// The breaker is open after a recent failure; Redis was not asked.
+    #[error("redis skipped: circuit breaker open")]
+    Open,
+}
+
+/// What the cache holds for one lookup (each part `None` on a miss).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cached {
+    /// The target user's presence.
+    pub user: Option<Versioned<Presence>>,
+    /// The pair's relation.
+    pub pair: Option<Versioned<Relation>>,
+}
+
+/// One entry to write: a pair's relation or a user's presence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// The relation of a pair at a row version.
+    Pair(Pair, Versioned<Relation>),
+    /// The presence of a user at a row version.
+    User(UserId, Versioned<Presence>),
+}
+
+/// The Redis cache shared by every request of an instance.
+pub struct Cache {
+    keys: Keys,
+    conn: ConnectionManager,
+    fill_script: Script,
+    timeout: Duration,
+    ttl_seconds: u64,
+    breaker_ms: u64,
+    /// Milliseconds since `epoch` until which the breaker is open.
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// Checks the Redis URL and makes the client that [`Cache::new`] takes.
+    pub fn client(redis_url: &secrecy::SecretString) -> Result<Client, String> {
+        Client::open(redis_url.expose_secret()).map_err(|e| format!("REDIS_URL: {e}"))
+    }
+
+    /// Prepares a cache; the connection is made on first use, so a Redis
+    /// that is down at start-up does not stop the service (it answers from
+    /// MySQL until Redis is back). Make one per actix worker, inside the
+    /// worker: the multiplexed connection's driver task then runs on that
+    /// worker's own thread.
+    pub fn new(client: Client, settings: &CacheSettings) -> Result<Self, String> {
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            // Reconnection is retried by the next request after the breaker;
+            // a long retry loop here would only hold requests.
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| format!("REDIS_URL: {e}"))?;
+        Ok(Self {
+            keys: Keys::new(&settings.redis_prefix),
+            conn,
+            fill_script: Script::new(include_str!("fill.lua")),
+            timeout,
+            ttl_seconds: settings.cache_ttl_seconds,
+            breaker_ms: settings.redis_breaker_ms,
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// The key builder (for tools and tests that inspect the cache).
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Whether the breaker currently keeps the request path off Redis.
+    pub fn breaker_open(&self) -> bool {
+        self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Reads the target user's entry and, when given, the pair's entry in
+    /// one round trip.
+    pub async fn lookup(&self, target: UserId, pair: Option<Pair>) -> Result<Cached, CacheError> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(self.keys.user(target));
+        if let Some(pair) = pair {
+            cmd.arg(self.keys.pair(pair));
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .guarded(cmd.query_async(&mut self.conn.clone()))
+            .await?;
+        let mut values = values.into_iter();
+        let user = values.next().flatten().and_then(|raw| codec::decode(&raw));
+        let pair = values.next().flatten().and_then(|raw| codec::decode(&raw));
+        Ok(Cached { user, pair })
+    }
+
+    /// Writes entries, each only if Redis holds nothing as new; returns how
+    /// many were written. One atomic script call for all of them.
+    pub async fn fill(&self, entries: &[Fill]) -> Result<u64, CacheError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut invocation = self.fill_script.prepare_invoke();
+        for entry in entries {
+            let (key, value) = match *entry {
+                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v)),
+                Fill::User(user, v) => (self.keys.user(user), codec::encode(v)),
+            };
+            invocation.key(key).arg(value).arg(self.ttl_with_jitter());
+        }
+        self.guarded(invocation.invoke_async(&mut self.conn.clone()))
+            .await
+    }
+
+    /// A TTL of ±10% around the configured one, so that entries filled
+    /// together do not all expire together.
+    fn ttl_with_jitter(&self) -> u64 {
+        let spread = self.ttl_seconds / 10;
+        if spread == 0 {
+            return self.ttl_seconds;
+        }
+        self.ttl_seconds - spread + rand::random_range(0..=2 * spread)
+    }
+
+    /// Runs a Redis call under the breaker and the timeout; a failure opens
+    /// the breaker.
+    async fn guarded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        if self.breaker_open() {
+            return Err(CacheError::Open);
+        }
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CacheError::Redis(e)),
+            Err(_) => Err(CacheError::Timeout),
+        };
+        if result.is_err() {
+            self.open_until_ms
+                .store(self.now_ms() + self.breaker_ms, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether Redis answers `PING` within `timeout`. Bypasses the breaker:
+    /// readiness wants the truth, not the request path's shortcut.
+    pub async fn ping(&self, timeout: Duration) -> bool {
+        let mut conn = self.conn.clone();
+        let ping = redis::cmd("PING");
+        let call = ping.query_async::<String>(&mut conn);
+        matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(_)))
+    }
+
+    /// Deletes every key under the prefix (used by `seed --reset`, whose
+    /// fresh rows start again at version 1 and would otherwise lose to the
+    /// old, higher cached versions). Not for the request path.
+    pub async fn purge(&self) -> Result<u64, CacheError> {
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.keys.pattern())
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                removed += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}

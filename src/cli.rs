@@ -1,0 +1,191 @@
+//! The `connstatus` commands (CONTRACT section 7).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use crate::cache::Cache;
+use crate::config::Settings;
+use crate::domain::UserId;
+use crate::startup::Application;
+use crate::{auth, db, seed, telemetry};
+
+/// connstatus: the connection status between the logged-in user and another.
+#[derive(Debug, Parser)]
+#[command(name = "connstatus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (applies pending migrations first unless
+    /// CONNSTATUS_MIGRATE_ON_START=false).
+    Serve,
+    /// Create the database if missing and apply pending migrations.
+    Migrate,
+    /// Insert a deterministic synthetic social graph.
+    Seed {
+        /// Number of users (ids 1..=N).
+        #[arg(long)]
+        users: u64,
+        /// Number of pairs with a relation row.
+        #[arg(long)]
+        connections: u64,
+        /// Random seed: the same seed gives the same graph.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Replace existing users and pairs instead of refusing.
+        #[arg(long)]
+        reset: bool,
+    },
+    /// Mint a development HS256 token with the configured secret.
+    Token {
+        /// The user the token is for.
+        #[arg(long, value_parser = parse_user)]
+        user: UserId,
+        /// How long it is valid (e.g. 30s, 15m, 1h, 7d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn parse_user(text: &str) -> Result<UserId, String> {
+    UserId::parse(text).ok_or_else(|| format!("`{text}` is not a user id (1..=2^63-1)"))
+}
+
+/// Parses the command line, loads configuration and runs the command.
+/// Exit codes: 0 done, 1 the command failed, 2 bad usage or configuration.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format == "json");
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => {
+            let applied = db::migrate(&settings.database_url)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            println!("migrations applied: {}", applied.len());
+            for version in applied {
+                println!("  {version}");
+            }
+            Ok(())
+        }
+        Command::Seed {
+            users,
+            connections,
+            seed,
+            reset,
+        } => {
+            seed_graph(
+                &settings,
+                seed::Spec {
+                    users,
+                    connections,
+                    seed,
+                },
+                reset,
+            )
+            .await
+        }
+        Command::Token { user, ttl } => {
+            let secret = match (&settings.jwt.jwt_algorithm[..], &settings.jwt.jwt_secret) {
+                ("HS256", Some(secret)) => secret.expose_secret().as_bytes().to_vec(),
+                _ => anyhow::bail!("`token` mints HS256 tokens: set CONNSTATUS_JWT_ALGORITHM=HS256 and CONNSTATUS_JWT_SECRET"),
+            };
+            let token = auth::mint_hs256(
+                &secret,
+                &settings.jwt.jwt_user_claim,
+                user,
+                ttl,
+                settings.jwt.jwt_issuer.as_deref(),
+                settings.jwt.jwt_audience.as_deref(),
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    if settings.migrate_on_start {
+        let applied = db::migrate(&settings.database_url)
+            .await
+            .map_err(anyhow::Error::msg)?;
+        if !applied.is_empty() {
+            tracing::info!(count = applied.len(), "migrations applied");
+        }
+    }
+    let app = Application::build(&settings).await?;
+    let host = settings.bind_addr().ip();
+    tracing::info!("listening on http://{host}:{}", app.port());
+    app.run_until_stopped().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyhow::Result<()> {
+    db::migrate(&settings.database_url)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let summary = seed::run(&settings.database_url, spec, reset)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let [none, pending, rejected, connected] = summary.by_state;
+    let pairs = none + pending + rejected + connected;
+    println!(
+        "seeded {} users and {pairs} pairs (connected {connected}, pending {pending}, \
+         pending+rejected {rejected}, none {none}) in {:.1}s ({:.0} pairs/s), seed {}",
+        summary.users,
+        summary.seconds,
+        pairs as f64 / summary.seconds.max(1e-9),
+        spec.seed
+    );
+    // Fresh rows start again at version 1: entries cached from an earlier
+    // graph would win every only-if-newer comparison, so they must go.
+    let cache = Cache::client(&settings.redis_url)
+        .and_then(|client| Cache::new(client, &settings.cache))
+        .map_err(anyhow::Error::msg)?;
+    match cache.purge().await {
+        Ok(n) => println!("cache: removed {n} entries under {}", settings.cache.redis_prefix),
+        Err(e) => anyhow::bail!("the graph is in MySQL, but clearing the cache failed ({e}); run seed again once Redis is up"),
+    }
+    for (other, status) in summary.examples {
+        println!(
+            "example: user 1 -> user {other}: {}",
+            status.as_str().unwrap_or("null")
+        );
+    }
+    Ok(())
+}

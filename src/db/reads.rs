@@ -1,0 +1,112 @@
+//! Reads of the source of truth, each one round trip. The caller owns the
+//! connection (and any transaction around it).
+
+use diesel::prelude::*;
+use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
+
+use super::schema::{user_connections, users};
+use super::state::State;
+use crate::cache::codec::{Presence, Versioned};
+use crate::domain::{Pair, Relation, UserId};
+
+/// A user's presence and, when asked, a pair's relation, read together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The target user's presence (version 0: no row).
+    pub user: Versioned<Presence>,
+    /// The pair's relation (version 0: no row), when a pair was asked for.
+    pub pair: Option<Versioned<Relation>>,
+}
+
+/// A stored pair row, as selected.
+type PairRow = (State, Option<u64>, bool, u64);
+
+/// Reads `target`'s presence and, when given, `pair`'s relation in one
+/// primary-key point select (a LEFT JOIN of the pair onto the user).
+pub async fn snapshot(
+    conn: &mut AsyncMysqlConnection,
+    target: UserId,
+    pair: Option<Pair>,
+) -> QueryResult<Snapshot> {
+    let Some(pair) = pair else {
+        let row: Option<(u64, bool)> = users::table
+            .filter(users::id.eq(target.get()))
+            .select((users::version, users::deleted_at.is_null()))
+            .first(conn)
+            .await
+            .optional()?;
+        return Ok(Snapshot {
+            user: presence(row),
+            pair: None,
+        });
+    };
+    let row: Option<((u64, bool), Option<PairRow>)> = users::table
+        .left_join(
+            user_connections::table.on(user_connections::user_low
+                .eq(pair.low().get())
+                .and(user_connections::user_high.eq(pair.high().get()))),
+        )
+        .filter(users::id.eq(target.get()))
+        .select((
+            (users::version, users::deleted_at.is_null()),
+            (
+                user_connections::state,
+                user_connections::requested_by,
+                user_connections::rejected_at.is_not_null(),
+                user_connections::version,
+            )
+                .nullable(),
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    let (user, pair_row) = match row {
+        Some((user, pair_row)) => (Some(user), pair_row),
+        // No user row: the pair cannot have one either (foreign keys).
+        None => (None, None),
+    };
+    Ok(Snapshot {
+        user: presence(user),
+        pair: Some(relation(pair, pair_row)),
+    })
+}
+
+fn presence(row: Option<(u64, bool)>) -> Versioned<Presence> {
+    match row {
+        Some((version, true)) => Versioned {
+            version,
+            value: Presence::Active,
+        },
+        Some((version, false)) => Versioned {
+            version,
+            value: Presence::Gone,
+        },
+        None => Versioned {
+            version: 0,
+            value: Presence::Gone,
+        },
+    }
+}
+
+/// The relation a row stands for. A row that breaks the schema's rules (which
+/// the constraints prevent) reads as no relation rather than as a guess.
+pub fn relation(pair: Pair, row: Option<PairRow>) -> Versioned<Relation> {
+    let Some((state, requested_by, rejected, version)) = row else {
+        return Versioned {
+            version: 0,
+            value: Relation::None,
+        };
+    };
+    let value = match state {
+        State::None => Relation::None,
+        State::Connected => Relation::Connected,
+        State::Pending => match requested_by
+            .and_then(UserId::new)
+            .and_then(|u| pair.side_of(u))
+        {
+            Some(by) => Relation::Pending { by, rejected },
+            None => Relation::None,
+        },
+    };
+    Versioned { version, value }
+}

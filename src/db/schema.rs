@@ -1,0 +1,32 @@
+//! Diesel's view of the shared schema (CONTRACT section 5a, plus
+//! `users.version`). Kept by hand: the `state` ENUM maps to our own SQL type.
+
+diesel::table! {
+    use diesel::sql_types::*;
+
+    /// Users; a soft-deleted user (`deleted_at` set) is "not found".
+    users (id) {
+        id -> Unsigned<BigInt>,
+        created_at -> Datetime,
+        deleted_at -> Nullable<Datetime>,
+        version -> Unsigned<BigInt>,
+    }
+}
+
+diesel::table! {
+    use diesel::sql_types::*;
+    use super::super::state::StateSql;
+
+    /// One row per ordered pair that ever had a relation.
+    user_connections (user_low, user_high) {
+        user_low -> Unsigned<BigInt>,
+        user_high -> Unsigned<BigInt>,
+        state -> StateSql,
+        requested_by -> Nullable<Unsigned<BigInt>>,
+        rejected_at -> Nullable<Datetime>,
+        version -> Unsigned<BigInt>,
+        updated_at -> Datetime,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(users, user_connections);

@@ -1,0 +1,158 @@
+//! The one place where failures become HTTP answers: `{"detail": "..."}`
+//! with the right status and headers (CONTRACT section 3).
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+
+use crate::auth::AuthError;
+use crate::status::LookupError;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Every error a public endpoint can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no or bad credentials.
+    #[error(transparent)]
+    Unauthorized(#[from] AuthError),
+    /// 404: no such resource or user.
+    #[error("Not found.")]
+    NotFound,
+    /// 405: the path exists, the method does not; carries the `Allow` value.
+    #[error("Method \"{method}\" not allowed.")]
+    MethodNotAllowed {
+        /// The method that was used.
+        method: String,
+        /// The methods the path takes.
+        allow: &'static str,
+    },
+    /// 503: a dependency needed for this answer is down.
+    #[error("Service temporarily unavailable, try again soon.")]
+    Unavailable(String),
+}
+
+impl From<LookupError> for ApiError {
+    fn from(e: LookupError) -> Self {
+        match e {
+            LookupError::NotFound => ApiError::NotFound,
+            LookupError::Unavailable(why) => ApiError::Unavailable(why),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized(AuthError::Missing) => {
+                response.insert_header((header::WWW_AUTHENTICATE, r#"Bearer realm="api""#));
+            }
+            ApiError::Unauthorized(AuthError::Invalid) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    r#"Bearer realm="api", error="invalid_token""#,
+                ));
+            }
+            ApiError::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
+            }
+            ApiError::Unavailable(why) => {
+                // The cause is for the operator's log, not for the caller.
+                tracing::warn!(cause = %why, "answering 503");
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
+            ApiError::NotFound => {}
+        }
+        response.json(Detail {
+            detail: self.to_string(),
+        })
+    }
+}
+
+/// The error body.
+#[derive(serde::Serialize)]
+struct Detail {
+    detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(
+        e: ApiError,
+    ) -> (
+        StatusCode,
+        serde_json::Value,
+        actix_web::http::header::HeaderMap,
+    ) {
+        let response = e.error_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response
+            .into_body()
+            .try_into_bytes()
+            .expect("in-memory body");
+        (
+            status,
+            serde_json::from_slice(&bytes).expect("json"),
+            headers,
+        )
+    }
+
+    #[test]
+    fn every_error_has_the_contract_shape_and_headers() {
+        let (status, body, headers) = body_of(ApiError::Unauthorized(AuthError::Missing));
+        assert_eq!(status, 401);
+        assert_eq!(
+            body,
+            serde_json::json!({"detail": "Authentication credentials were not provided."})
+        );
+        assert!(headers.get("www-authenticate").is_some());
+
+        let (status, body, headers) = body_of(ApiError::Unauthorized(AuthError::Invalid));
+        assert_eq!(status, 401);
+        assert_eq!(body, serde_json::json!({"detail": "Invalid token."}));
+        assert!(headers.get("www-authenticate").is_some());
+
+        let (status, body, _) = body_of(ApiError::NotFound);
+        assert_eq!(
+            (status.as_u16(), body),
+            (404, serde_json::json!({"detail": "Not found."}))
+        );
+
+        let (status, body, headers) = body_of(ApiError::MethodNotAllowed {
+            method: "PUT".into(),
+            allow: "GET",
+        });
+        assert_eq!(status, 405);
+        assert_eq!(
+            body,
+            serde_json::json!({"detail": "Method \"PUT\" not allowed."})
+        );
+        assert_eq!(
+            headers.get("allow").map(|v| v.as_bytes()),
+            Some(&b"GET"[..])
+        );
+
+        let (status, body, headers) = body_of(ApiError::Unavailable("db down".into()));
+        assert_eq!(status, 503);
+        assert_eq!(
+            body["detail"].as_str().map(|d| d.contains("db down")),
+            Some(false)
+        );
+        assert!(headers.get("retry-after").is_some());
+    }
+}

@@ -1,0 +1,76 @@
+//! `GET /healthz` (the process runs) and `GET /readyz` (this instance can
+//! serve), for the load balancer.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::{AppState, Statuses};
+use crate::status::StatusService;
+
+/// How long a readiness probe waits for each dependency.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// 200 while the process runs.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    mysql: &'static str,
+    redis: &'static str,
+}
+
+/// 200 while this instance can serve (MySQL or Redis answers), with each
+/// dependency's state; 503 while shutting down or when neither answers.
+pub async fn readyz(state: web::Data<AppState>, statuses: Statuses) -> HttpResponse {
+    let (mysql, redis) = tokio::join!(mysql_up(&statuses), redis_up(&statuses));
+    let shutting_down = state.shutting_down.load(Ordering::Relaxed);
+    let ready = !shutting_down && (mysql || redis);
+    let body = Readiness {
+        status: if shutting_down {
+            "shutting_down"
+        } else if ready {
+            "ready"
+        } else {
+            "unavailable"
+        },
+        mysql: up_or_down(mysql),
+        redis: up_or_down(redis),
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable()
+            .insert_header(("Retry-After", "1"))
+            .json(body)
+    }
+}
+
+fn up_or_down(up: bool) -> &'static str {
+    if up {
+        "up"
+    } else {
+        "down"
+    }
+}
+
+async fn mysql_up(statuses: &StatusService) -> bool {
+    use diesel_async::SimpleAsyncConnection;
+    let probe = async {
+        let mut conn = statuses.db().get().await.ok()?;
+        conn.batch_execute("SELECT 1").await.ok()
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, probe).await,
+        Ok(Some(()))
+    )
+}
+
+async fn redis_up(statuses: &StatusService) -> bool {
+    statuses.cache().ping(PROBE_TIMEOUT).await
+}

@@ -1,0 +1,27 @@
+//! `GET /api/v2/user/{id}/connection_status/` (CONTRACT section 2.1).
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpResponse};
+
+use super::caller::Caller;
+use super::errors::ApiError;
+use super::Statuses;
+use crate::domain::UserId;
+
+/// The caller's connection status with user `{id}`.
+///
+/// Authentication comes first (401 before 404, as the platform's endpoint
+/// does); an id that is not `1..=2^63-1` in ASCII digits is "not found".
+pub async fn get_status(
+    caller: Caller,
+    id: web::Path<String>,
+    statuses: Statuses,
+) -> Result<HttpResponse, ApiError> {
+    let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
+    let status = statuses.status(caller.0, target).await?;
+    // The body is one of four fixed strings: no serializer needed.
+    let body = format!("{{\"connection_status\":{}}}", status.json_literal());
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
