@@ -138,14 +138,12 @@ impl Settings {
             .merge(Toml::file(format!("{dir}/default.toml")))
             .merge(Toml::file(format!("{dir}/{profile}.toml")))
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
-            .merge(Env::prefixed("CONNSTATUS_"))
+            .merge(Env::prefixed("CONNSTATUS_").ignore(&["CONFIG_DIR"]))
     }
 
     /// Extracts and validates settings from `figment`.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| ConfigError(one_line(&e.to_string())))?;
+        let settings: Settings = figment.extract().map_err(|e| ConfigError(describe(e)))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -266,6 +264,35 @@ impl Settings {
     pub fn jwt_public_key_path(&self) -> Option<PathBuf> {
         self.jwt.jwt_public_key.as_ref().map(PathBuf::from)
     }
+}
+
+/// The environment variable that sets `key`.
+fn env_name(key: &str) -> String {
+    let key = key.to_ascii_uppercase();
+    match key.as_str() {
+        "DATABASE_URL" | "REDIS_URL" => key,
+        _ => format!("CONNSTATUS_{key}"),
+    }
+}
+
+/// One line naming the setting at fault by its environment variable, and the
+/// file when the bad value came from one.
+fn describe(error: figment::Error) -> String {
+    let key = match (&error.kind, error.path.last()) {
+        (_, Some(key)) => key.clone(),
+        (figment::error::Kind::MissingField(field), None) => field.to_string(),
+        _ => return one_line(&error.to_string()),
+    };
+    let source = error
+        .metadata
+        .as_ref()
+        .filter(|m| !m.name.contains("environment"))
+        .map(|m| match &m.source {
+            Some(source) => format!(" (`{}` in {source})", key.to_ascii_lowercase()),
+            None => format!(" (`{}` in {})", key.to_ascii_lowercase(), m.name),
+        })
+        .unwrap_or_default();
+    one_line(&format!("{}{source}: {}", env_name(&key), error.kind))
 }
 
 /// Figment's messages can span lines; the contract wants one.

@@ -31,9 +31,12 @@ CREATE TABLE user_connections (
   CONSTRAINT user_connections_low_exists FOREIGN KEY (user_low) REFERENCES users (id),
   CONSTRAINT user_connections_high_exists FOREIGN KEY (user_high) REFERENCES users (id),
   CONSTRAINT user_connections_ordered CHECK (user_low < user_high),
+  -- IS NOT NULL spelled out: a CHECK passes on NULL, and `NULL IN (...)` is NULL.
   CONSTRAINT user_connections_requester CHECK (
-    (state = 'pending' AND requested_by IN (user_low, user_high))
+    (state = 'pending' AND requested_by IS NOT NULL AND requested_by IN (user_low, user_high))
     OR (state <> 'pending' AND requested_by IS NULL)),
+  -- A non-strict session stores '' for an unknown ENUM value; refuse it too.
+  CONSTRAINT user_connections_known_state CHECK (state IN ('none', 'pending', 'connected')),
   CONSTRAINT user_connections_rejection CHECK (rejected_at IS NULL OR state = 'pending'),
   -- 0 means "no row" to the cache, so a real row starts above it.
   CONSTRAINT user_connections_version_positive CHECK (version >= 1)

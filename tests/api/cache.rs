@@ -1,0 +1,201 @@
+//! The cache really serves, refuses older fills, and is never needed.
+
+use connstatus::cache::codec::{Presence, Versioned};
+use connstatus::cache::{Cache, Fill};
+use connstatus::domain::{Pair, Relation, Side, UserId};
+use redis::AsyncCommands;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, spawn_app_with, Isolated};
+
+fn id(n: u64) -> UserId {
+    UserId::new(n).expect("valid id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_first_read_the_cache_answers_even_when_mysql_changed_behind_its_back() {
+    // Arrange: a connected pair, read once from each side (misses that fill
+    // the pair's entry and both users' entries).
+    let app = spawn_app().await;
+    app.users(&[1, 2, 3]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'connected')")
+        .await;
+    assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
+    assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
+    let mut redis = app.store.redis().await;
+    let key = format!("{}p:1:2", app.store.prefix);
+    let cached: Option<String> = redis.get(&key).await.expect("GET");
+    assert_eq!(cached.as_deref(), Some("1:c"), "version 1, connected");
+
+    // Act: change the row with plain SQL and send no event.
+    app.store
+        .sql("UPDATE user_connections SET state = 'none' WHERE user_low = 1 AND user_high = 2")
+        .await;
+
+    // Assert: the cached answer is served, from both sides.
+    assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
+    assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_relation_and_not_found_are_cached_too() {
+    let app = spawn_app().await;
+    app.users(&[1, 2]).await;
+    assert_eq!(app.status(1, 2).await, None);
+    assert_eq!(app.status_of(1, "77").await.status(), 404);
+    // Behind the cache's back: a relation appears and user 77 is created.
+    app.users(&[77]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'connected')")
+        .await;
+    assert_eq!(
+        app.status(1, 2).await,
+        None,
+        "the cached 'no relation' is served"
+    );
+    assert_eq!(
+        app.status_of(1, "77").await.status(),
+        404,
+        "the cached 'not found' is served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands() {
+    // Arrange: the cache holds version 3 of a pair and version 2 of a user.
+    let store = Isolated::new().await;
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
+    let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
+    let pair = Pair::new(id(1), id(2)).expect("pair");
+    let v3 = Versioned {
+        version: 3,
+        value: Relation::Connected,
+    };
+    let user_v2 = Versioned {
+        version: 2,
+        value: Presence::Active,
+    };
+    assert_eq!(
+        cache
+            .fill(&[Fill::Pair(pair, v3), Fill::User(id(2), user_v2)])
+            .await
+            .expect("fill"),
+        2
+    );
+
+    // Act: a slow reader's fills arrive late, carrying older versions.
+    let stale_pair = Versioned {
+        version: 2,
+        value: Relation::None,
+    };
+    let stale_user = Versioned {
+        version: 0,
+        value: Presence::Gone,
+    };
+    let written = cache
+        .fill(&[Fill::Pair(pair, stale_pair), Fill::User(id(2), stale_user)])
+        .await
+        .expect("fill");
+
+    // Assert: refused; the cache still holds the newer state.
+    assert_eq!(written, 0);
+    let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
+    assert_eq!(held.pair, Some(v3));
+    assert_eq!(held.user, Some(user_v2));
+
+    // The same version again changes nothing; a newer one lands.
+    assert_eq!(cache.fill(&[Fill::Pair(pair, v3)]).await.expect("fill"), 0);
+    let v4 = Versioned {
+        version: 4,
+        value: Relation::Pending {
+            by: Side::High,
+            rejected: false,
+        },
+    };
+    assert_eq!(cache.fill(&[Fill::Pair(pair, v4)]).await.expect("fill"), 1);
+    assert_eq!(
+        cache.lookup(id(2), Some(pair)).await.expect("lookup").pair,
+        Some(v4)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_cache_value_is_ignored_and_replaced_from_mysql() {
+    let app = spawn_app().await;
+    app.users(&[1, 2]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 2)")
+        .await;
+    let mut redis = app.store.redis().await;
+    let key = format!("{}p:1:2", app.store.prefix);
+    let _: () = redis.set(&key, "{\"json\": true}").await.expect("SET");
+    assert_eq!(
+        app.status(1, 2).await.as_deref(),
+        Some("received_connection_request")
+    );
+    let cached: Option<String> = redis.get(&key).await.expect("GET");
+    assert_eq!(cached.as_deref(), Some("1:h"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_unreachable_every_answer_comes_from_mysql() {
+    // A port nothing listens on: bind one, note it, close it.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let app = spawn_app_with(&[(
+        "redis_url",
+        json!(format!("redis://127.0.0.1:{closed_port}")),
+    )])
+    .await;
+    app.users(&[1, 2, 3, 4, 5]).await;
+    app.store
+        .sql("UPDATE users SET deleted_at = NOW(6) WHERE id = 5")
+        .await;
+    app.store
+        .sql(
+            "INSERT INTO user_connections (user_low, user_high, state, requested_by, rejected_at) VALUES
+             (1, 2, 'connected', NULL, NULL), (1, 3, 'pending', 1, NULL), (1, 4, 'pending', 4, NOW(6))",
+        )
+        .await;
+    for round in 0..3 {
+        assert_eq!(
+            app.status(1, 2).await.as_deref(),
+            Some("connected"),
+            "round {round}"
+        );
+        assert_eq!(
+            app.status(3, 1).await.as_deref(),
+            Some("received_connection_request")
+        );
+        assert_eq!(
+            app.status(1, 4).await,
+            None,
+            "rejected, seen by the recipient"
+        );
+        assert_eq!(
+            app.status(4, 1).await.as_deref(),
+            Some("sent_connection_request")
+        );
+        assert_eq!(app.status_of(1, "5").await.status(), 404);
+        assert_eq!(app.status_of(1, "6").await.status(), 404);
+    }
+    // And since nothing is cached, a change shows at once.
+    app.store
+        .sql("UPDATE user_connections SET state = 'none' WHERE user_low = 1 AND user_high = 2")
+        .await;
+    assert_eq!(app.status(1, 2).await, None);
+    let ready = app
+        .client
+        .get(format!("{}/readyz", app.address))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(ready.status(), 200, "MySQL alone can serve");
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["redis"], "down");
+    assert_eq!(body["mysql"], "up");
+}

@@ -1,0 +1,271 @@
+//! The test harness: every test gets its own MySQL database and its own Redis
+//! key prefix, and a service bound to a free port, talking to the real MySQL
+//! and Redis. Both are dropped when the test ends, pass or fail.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use biscuit::jwa::SignatureAlgorithm;
+use biscuit::jws::{Compact, Header, RegisteredHeader, Secret};
+use biscuit::{CompactJson, Empty};
+use connstatus::cache::Cache;
+use connstatus::config::Settings;
+use connstatus::db;
+use connstatus::domain::UserId;
+use connstatus::startup::Application;
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+/// The MySQL server tests use (no database part).
+pub fn mysql_server() -> String {
+    std::env::var("CONNSTATUS_TEST_MYSQL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// The Redis tests use.
+pub fn redis_url() -> String {
+    std::env::var("CONNSTATUS_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        uuid::Uuid::new_v4()
+            .simple()
+            .to_string()
+            .get(..8)
+            .unwrap_or("x")
+    )
+}
+
+/// A fresh, migrated database and a fresh key prefix; removed on drop.
+pub struct Isolated {
+    /// `mysql://…/cs_test_…`.
+    pub database_url: String,
+    /// The Redis key prefix of this test.
+    pub prefix: String,
+}
+
+impl Isolated {
+    /// Creates and migrates the database.
+    pub async fn new() -> Self {
+        let database_url = format!("{}/{}", mysql_server(), unique("cs_test_"));
+        db::migrate(&SecretString::from(database_url.clone()))
+            .await
+            .expect("migrate the test database");
+        Self {
+            database_url,
+            prefix: format!("{}:", unique("cstest:")),
+        }
+    }
+
+    /// Settings for this database and prefix, with `overrides` merged last.
+    pub fn settings(&self, overrides: &[(&str, Value)]) -> Settings {
+        let mut figment: Figment = Settings::figment("config", "test")
+            .merge(("database_url", self.database_url.clone()))
+            .merge(("redis_url", redis_url()))
+            .merge(("redis_prefix", self.prefix.clone()))
+            .merge(("bind", "127.0.0.1:0"))
+            .merge(("admin_bind", "127.0.0.1:0"))
+            .merge(("workers", 1));
+        for (key, value) in overrides {
+            figment = figment.merge((*key, value.clone()));
+        }
+        Settings::from_figment(figment).expect("test settings are valid")
+    }
+
+    /// A direct connection, for arranging rows and checking them.
+    pub async fn connection(&self) -> AsyncMysqlConnection {
+        AsyncMysqlConnection::establish(&self.database_url)
+            .await
+            .expect("connect")
+    }
+
+    /// Runs SQL statements directly, as an external writer would.
+    pub async fn sql(&self, statements: &str) {
+        self.connection()
+            .await
+            .batch_execute(statements)
+            .await
+            .unwrap_or_else(|e| panic!("{statements}: {e}"));
+    }
+
+    /// A raw Redis connection, to look at what the cache holds.
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(redis_url())
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis")
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        let url = SecretString::from(self.database_url.clone());
+        let prefix = self.prefix.clone();
+        // Drop may run during a panic, inside or outside a runtime: clean up
+        // on a thread of our own with a runtime of its own.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let _ = db::drop_database(&url).await;
+                if let Ok(client) = redis::Client::open(redis_url()) {
+                    let settings = Isolated::cache_settings(&prefix);
+                    if let Ok(cache) = Cache::new(client, &settings) {
+                        let _ = cache.purge().await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+impl Isolated {
+    /// Cache settings under `prefix`, as the service would have them.
+    pub fn cache_settings(prefix: &str) -> connstatus::config::CacheSettings {
+        let mut settings = Settings::from_figment(Settings::figment("config", "test"))
+            .expect("default settings")
+            .cache;
+        settings.redis_prefix = prefix.to_owned();
+        settings.redis_timeout_ms = 2_000;
+        settings
+    }
+}
+
+/// A running service on a free port, over an isolated database and prefix.
+pub struct TestApp {
+    /// `http://127.0.0.1:PORT`.
+    pub address: String,
+    /// The settings it runs with.
+    pub settings: Settings,
+    /// Its database and prefix.
+    pub store: Isolated,
+    /// An HTTP client.
+    pub client: reqwest::Client,
+}
+
+/// Spawns the service with default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns the service with `overrides` (config keys and values).
+pub async fn spawn_app_with(overrides: &[(&str, Value)]) -> TestApp {
+    let store = Isolated::new().await;
+    let settings = store.settings(overrides);
+    let app = Application::build(&settings).await.expect("build the app");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    TestApp {
+        address,
+        settings,
+        store,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+    }
+}
+
+impl TestApp {
+    /// A valid HS256 token for `user`, minted as `connstatus token` does.
+    pub fn token(&self, user: u64) -> String {
+        let secret = self.settings.jwt.jwt_secret.as_ref().expect("HS256 secret");
+        connstatus::auth::mint_hs256(
+            secret.expose_secret().as_bytes(),
+            &self.settings.jwt.jwt_user_claim,
+            UserId::new(user).expect("valid id"),
+            std::time::Duration::from_secs(600),
+            self.settings.jwt.jwt_issuer.as_deref(),
+            self.settings.jwt.jwt_audience.as_deref(),
+        )
+        .expect("mint")
+    }
+
+    /// `GET /api/v2/user/{id}/connection_status/` as `viewer`.
+    pub async fn status_of(&self, viewer: u64, id: &str) -> reqwest::Response {
+        self.get_with_token(
+            &format!("/api/v2/user/{id}/connection_status/"),
+            &self.token(viewer),
+        )
+        .await
+    }
+
+    /// The status string (or `None` for null) `viewer` sees of `other`;
+    /// panics on anything but a 200 with the contract's body.
+    pub async fn status(&self, viewer: u64, other: u64) -> Option<String> {
+        let response = self.status_of(viewer, &other.to_string()).await;
+        assert_eq!(response.status(), 200, "GET {other} as {viewer}");
+        let body: Value = response.json().await.expect("json body");
+        let object = body.as_object().expect("an object");
+        assert_eq!(object.len(), 1, "only connection_status: {body}");
+        match &object["connection_status"] {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => panic!("connection_status is {other}"),
+        }
+    }
+
+    /// GET `path` with a bearer token.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// Inserts users `ids`.
+    pub async fn users(&self, ids: &[u64]) {
+        let values: Vec<String> = ids.iter().map(|id| format!("({id})")).collect();
+        self.store
+            .sql(&format!(
+                "INSERT INTO users (id) VALUES {}",
+                values.join(",")
+            ))
+            .await;
+    }
+}
+
+/// Claims as free JSON, for tokens the tests shape by hand.
+#[derive(Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RawClaims(pub Value);
+impl CompactJson for RawClaims {}
+
+/// Signs `claims` with `algorithm` and `secret` (any JSON, any key).
+pub fn sign(algorithm: SignatureAlgorithm, secret: &Secret, claims: Value) -> String {
+    let header = Header::<Empty>::from_registered_header(RegisteredHeader {
+        algorithm,
+        ..RegisteredHeader::default()
+    });
+    Compact::new_decoded(header, RawClaims(claims))
+        .encode(secret)
+        .expect("sign")
+        .encoded()
+        .expect("encoded")
+        .encode()
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Claims valid for ten minutes for `sub`.
+pub fn claims_for(sub: Value) -> Value {
+    json!({"sub": sub, "exp": now() + 600, "iat": now()})
+}

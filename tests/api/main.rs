@@ -1,0 +1,12 @@
+//! End-to-end tests against a real MySQL and a real Redis. One binary, one
+//! module per area; `helpers` gives every test its own database and prefix.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod auth;
+mod binary;
+mod cache;
+mod helpers;
+mod routes;
+mod schema;
+mod status;
