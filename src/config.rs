@@ -67,6 +67,13 @@ pub struct Settings {
     /// `CONNSTATUS_MYSQL_TIMEOUT_MS`: the most one MySQL call (checkout
     /// included) may take before the request gets a 503.
     pub mysql_timeout_ms: u64,
+    /// `CONNSTATUS_MAX_BODY_BYTES`: the largest request body accepted (413).
+    pub max_body_bytes: usize,
+    /// `CONNSTATUS_MAX_EVENTS`: the most events in one events request.
+    pub max_events: usize,
+    /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
+    /// retried (and how old one must be to be retried).
+    pub refresh_retry_ms: u64,
 }
 
 /// JWT verification (CONTRACT section 4).
@@ -180,6 +187,9 @@ impl Settings {
             ("CONNSTATUS_MYSQL_TIMEOUT_MS", self.mysql_timeout_ms),
             ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
             ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
+            ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
+            ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),
         ] {
             if value == 0 {
                 return fail(format!("{name}: must be greater than 0"));

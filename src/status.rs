@@ -5,6 +5,7 @@
 //! nothing newer. A Redis failure is never an error: the answer comes from
 //! MySQL. Only a MySQL failure on a miss is (a 503 to the caller).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::codec::Presence;
@@ -25,7 +26,7 @@ pub enum LookupError {
 
 /// Answers statuses from the cache and the database.
 pub struct StatusService {
-    cache: Cache,
+    cache: Arc<Cache>,
     db: Pool,
     db_timeout: Duration,
 }
@@ -33,7 +34,7 @@ pub struct StatusService {
 impl StatusService {
     /// A service over `cache` and `db`; every MySQL call is bounded by
     /// `db_timeout` (pool wait included).
-    pub fn new(cache: Cache, db: Pool, db_timeout: Duration) -> Self {
+    pub fn new(cache: Arc<Cache>, db: Pool, db_timeout: Duration) -> Self {
         Self {
             cache,
             db,

@@ -49,10 +49,15 @@ pub struct Cached {
 /// One entry to write: a pair's relation or a user's presence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fill {
-    /// The relation of a pair at a row version.
+    /// The relation of a pair at a row version (only if newer).
     Pair(Pair, Versioned<Relation>),
-    /// The presence of a user at a row version.
+    /// The presence of a user at a row version (only if newer).
     User(UserId, Versioned<Presence>),
+    /// "No such user", written whatever the key holds. Only for a refresh
+    /// after a user row was hard-deleted: its version is gone with it, so an
+    /// only-if-newer fill could never replace the cached "exists". Never
+    /// used by the read path, whose reads may be older than the cache.
+    UserRowGone(UserId),
 }
 
 /// The Redis cache shared by every request of an instance.
@@ -145,11 +150,20 @@ impl Cache {
         }
         let mut invocation = self.fill_script.prepare_invoke();
         for entry in entries {
-            let (key, value) = match *entry {
-                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v)),
-                Fill::User(user, v) => (self.keys.user(user), codec::encode(v)),
+            let gone = Versioned {
+                version: 0,
+                value: Presence::Gone,
             };
-            invocation.key(key).arg(value).arg(self.ttl_with_jitter());
+            let (key, value, force) = match *entry {
+                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v), "0"),
+                Fill::User(user, v) => (self.keys.user(user), codec::encode(v), "0"),
+                Fill::UserRowGone(user) => (self.keys.user(user), codec::encode(gone), "1"),
+            };
+            invocation
+                .key(key)
+                .arg(value)
+                .arg(self.ttl_with_jitter())
+                .arg(force);
         }
         self.guarded(invocation.invoke_async(&mut self.conn.clone()))
             .await

@@ -6,6 +6,7 @@
 pub mod reads;
 pub mod schema;
 pub mod state;
+pub mod writes;
 
 use std::time::Duration;
 

@@ -110,3 +110,87 @@ pub fn relation(pair: Pair, row: Option<PairRow>) -> Versioned<Relation> {
     };
     Versioned { version, value }
 }
+
+/// The pair's relation now (version 0: no row).
+pub async fn pair(conn: &mut AsyncMysqlConnection, pair: Pair) -> QueryResult<Versioned<Relation>> {
+    let row: Option<PairRow> = user_connections::table
+        .find((pair.low().get(), pair.high().get()))
+        .select(pair_columns())
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(relation(pair, row))
+}
+
+/// The pair's relation, its row locked until the transaction ends (no row:
+/// nothing to lock, version 0).
+pub async fn pair_for_update(
+    conn: &mut AsyncMysqlConnection,
+    pair: Pair,
+) -> QueryResult<Versioned<Relation>> {
+    let row: Option<PairRow> = user_connections::table
+        .find((pair.low().get(), pair.high().get()))
+        .select(pair_columns())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(relation(pair, row))
+}
+
+/// The user's presence now, or `None` when there is no row at all.
+pub async fn user(
+    conn: &mut AsyncMysqlConnection,
+    user: UserId,
+) -> QueryResult<Option<Versioned<Presence>>> {
+    let row: Option<(u64, bool)> = users::table
+        .find(user.get())
+        .select((users::version, users::deleted_at.is_null()))
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(row.map(|row| presence(Some(row))))
+}
+
+/// Every pair row of `user`, on either side, with its relation.
+pub async fn pairs_of(
+    conn: &mut AsyncMysqlConnection,
+    user: UserId,
+) -> QueryResult<Vec<(Pair, Versioned<Relation>)>> {
+    let id = user.get();
+    let rows: Vec<(u64, u64, PairRow)> = user_connections::table
+        .filter(
+            user_connections::user_low
+                .eq(id)
+                .or(user_connections::user_high.eq(id)),
+        )
+        .select((
+            user_connections::user_low,
+            user_connections::user_high,
+            pair_columns(),
+        ))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(low, high, row)| {
+            let pair = Pair::new(UserId::new(low)?, UserId::new(high)?)?;
+            Some((pair, relation(pair, Some(row))))
+        })
+        .collect())
+}
+
+/// The columns a pair's relation is read from.
+fn pair_columns() -> (
+    user_connections::state,
+    user_connections::requested_by,
+    diesel::dsl::IsNotNull<user_connections::rejected_at>,
+    user_connections::version,
+) {
+    (
+        user_connections::state,
+        user_connections::requested_by,
+        user_connections::rejected_at.is_not_null(),
+        user_connections::version,
+    )
+}

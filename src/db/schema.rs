@@ -29,4 +29,15 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(users, user_connections);
+diesel::allow_tables_to_appear_in_same_query!(users, user_connections, cache_refresh_queue);
+
+diesel::table! {
+    /// Cache refreshes that have not landed yet (see the migration).
+    cache_refresh_queue (kind, a, b) {
+        kind -> Unsigned<TinyInt>,
+        a -> Unsigned<BigInt>,
+        b -> Unsigned<BigInt>,
+        version -> Unsigned<BigInt>,
+        enqueued_at -> Datetime,
+    }
+}

@@ -17,9 +17,24 @@ pub enum ApiError {
     /// 401: no or bad credentials.
     #[error(transparent)]
     Unauthorized(#[from] AuthError),
+    /// 400: bad input; the message says what is wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 403: authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
     /// 404: no such resource or user.
     #[error("Not found.")]
     NotFound,
+    /// 409: the action makes no sense in the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// 413: the body is larger than the configured limit.
+    #[error("Request body is larger than {0} bytes.")]
+    PayloadTooLarge(usize),
+    /// 415: the body is not JSON.
+    #[error("Unsupported media type \"{0}\" in request; send application/json.")]
+    UnsupportedMediaType(String),
     /// 405: the path exists, the method does not; carries the `Allow` value.
     #[error("Method \"{method}\" not allowed.")]
     MethodNotAllowed {
@@ -46,7 +61,12 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -72,7 +92,12 @@ impl ResponseError for ApiError {
                 tracing::warn!(cause = %why, "answering 503");
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
             }
-            ApiError::NotFound => {}
+            ApiError::BadRequest(_)
+            | ApiError::Forbidden(_)
+            | ApiError::NotFound
+            | ApiError::Conflict(_)
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::UnsupportedMediaType(_) => {}
         }
         response.json(Detail {
             detail: self.to_string(),

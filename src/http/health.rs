@@ -4,14 +4,28 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
-use super::{AppState, Statuses};
+use super::{method_not_allowed, AppState, Worker};
 use crate::status::StatusService;
 
 /// How long a readiness probe waits for each dependency.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Registers `/healthz` and `/readyz` (both listeners serve them).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(["/healthz", "/healthz/"])
+            .route(web::get().to(healthz))
+            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+    )
+    .service(
+        web::resource(["/readyz", "/readyz/"])
+            .route(web::get().to(readyz))
+            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+    );
+}
 
 /// 200 while the process runs.
 pub async fn healthz() -> HttpResponse {
@@ -27,8 +41,8 @@ struct Readiness {
 
 /// 200 while this instance can serve (MySQL or Redis answers), with each
 /// dependency's state; 503 while shutting down or when neither answers.
-pub async fn readyz(state: web::Data<AppState>, statuses: Statuses) -> HttpResponse {
-    let (mysql, redis) = tokio::join!(mysql_up(&statuses), redis_up(&statuses));
+pub async fn readyz(state: web::Data<AppState>, worker: web::Data<Worker>) -> HttpResponse {
+    let (mysql, redis) = tokio::join!(mysql_up(&worker.statuses), redis_up(&worker.statuses));
     let shutting_down = state.shutting_down.load(Ordering::Relaxed);
     let ready = !shutting_down && (mysql || redis);
     let body = Readiness {

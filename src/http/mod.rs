@@ -1,30 +1,50 @@
 //! The public HTTP surface: routes, shared state, and the pieces every
 //! handler uses (the authenticated caller, the error mapping).
 
+pub mod admin;
+pub mod body;
 pub mod caller;
 pub mod errors;
 pub mod health;
+pub mod mutations;
 pub mod status;
 
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use secrecy::SecretString;
 
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use crate::auth::Verifier;
+use crate::hooks::Hooks;
 use crate::status::StatusService;
 use errors::ApiError;
 
-/// What every worker of an instance shares. (The read path, with its Redis
-/// connection, is per worker: a [`StatusService`] in each worker's app data.)
+/// What every worker of an instance shares.
 pub struct AppState {
     /// Token verification.
     pub verifier: Verifier,
+    /// The bearer token of `/internal/*`.
+    pub internal_token: SecretString,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// The most events one `POST /internal/v1/events` may carry.
+    pub max_events: usize,
     /// Set once a shutdown starts: readiness answers 503 from then on.
     pub shutting_down: AtomicBool,
 }
 
-/// The per-worker read path, as handlers receive it.
-pub type Statuses = web::Data<StatusService>;
+/// What each worker has of its own: the read path and the hooks, sharing
+/// one Redis connection made on the worker's thread.
+pub struct Worker {
+    /// The read path.
+    pub statuses: StatusService,
+    /// The cache-invalidation hooks.
+    pub hooks: Hooks,
+    /// The most a MySQL call may take.
+    pub db_timeout: Duration,
+}
 
 /// Registers the public routes. Every path is served with and without its
 /// trailing slash; a known path with another method is 405 with `Allow`;
@@ -39,15 +59,14 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
     )
     .service(
-        web::resource(["/healthz", "/healthz/"])
-            .route(web::get().to(health::healthz))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
-    )
-    .service(
-        web::resource(["/readyz", "/readyz/"])
-            .route(web::get().to(health::readyz))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+        web::resource([
+            "/api/v2/user/{id}/connection/{action}/",
+            "/api/v2/user/{id}/connection/{action}",
+        ])
+        .route(web::post().to(mutations::mutate))
+        .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
     );
+    health::routes(cfg);
 }
 
 /// The answer for a path that does not exist.
@@ -55,7 +74,7 @@ pub async fn not_found() -> HttpResponse {
     ApiError::NotFound.error_response()
 }
 
-async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
+pub(crate) async fn method_not_allowed(req: HttpRequest, allow: &'static str) -> HttpResponse {
     ApiError::MethodNotAllowed {
         method: req.method().to_string(),
         allow,

@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 
 use super::caller::Caller;
 use super::errors::ApiError;
-use super::Statuses;
+use super::Worker;
 use crate::domain::UserId;
 
 /// The caller's connection status with user `{id}`.
@@ -15,10 +15,10 @@ use crate::domain::UserId;
 pub async fn get_status(
     caller: Caller,
     id: web::Path<String>,
-    statuses: Statuses,
+    worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
     let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
-    let status = statuses.status(caller.0, target).await?;
+    let status = worker.statuses.status(caller.0, target).await?;
     // The body is one of four fixed strings: no serializer needed.
     let body = format!("{{\"connection_status\":{}}}", status.json_literal());
     Ok(HttpResponse::Ok()
