@@ -140,12 +140,7 @@ async fn a_corrupt_cache_value_is_ignored_and_replaced_from_mysql() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_unreachable_every_answer_comes_from_mysql() {
-    // A port nothing listens on: bind one, note it, close it.
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed_port = crate::helpers::free_port();
     let app = spawn_app_with(&[(
         "redis_url",
         json!(format!("redis://127.0.0.1:{closed_port}")),

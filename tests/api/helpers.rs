@@ -148,6 +148,8 @@ impl Isolated {
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`.
     pub address: String,
+    /// The admin listener, `http://127.0.0.1:PORT`.
+    pub admin_address: String,
     /// The settings it runs with.
     pub settings: Settings,
     /// Its database and prefix.
@@ -167,9 +169,11 @@ pub async fn spawn_app_with(overrides: &[(&str, Value)]) -> TestApp {
     let settings = store.settings(overrides);
     let app = Application::build(&settings).await.expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address,
+        admin_address,
         settings,
         store,
         client: reqwest::Client::builder()
@@ -268,4 +272,167 @@ pub fn now() -> i64 {
 /// Claims valid for ten minutes for `sub`.
 pub fn claims_for(sub: Value) -> Value {
     json!({"sub": sub, "exp": now() + 600, "iat": now()})
+}
+
+/// A stored pair row: state, requested_by, rejected, version.
+pub type Row = (String, Option<u64>, bool, u64);
+
+impl Isolated {
+    /// The pair row of (low, high) as stored, if any.
+    pub async fn row(&self, low: u64, high: u64) -> Option<Row> {
+        use connstatus::db::schema::user_connections as uc;
+        use connstatus::db::state::State;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.connection().await;
+        let row: Option<(State, Option<u64>, bool, u64)> = uc::table
+            .find((low, high))
+            .select((
+                uc::state,
+                uc::requested_by,
+                uc::rejected_at.is_not_null(),
+                uc::version,
+            ))
+            .first(&mut conn)
+            .await
+            .optional()
+            .expect("read row");
+        row.map(|(state, by, rejected, version)| {
+            let state = match state {
+                State::None => "none",
+                State::Pending => "pending",
+                State::Connected => "connected",
+            };
+            (state.to_owned(), by, rejected, version)
+        })
+    }
+
+    /// Rows in the cache refresh queue.
+    pub async fn queued(&self) -> i64 {
+        use connstatus::db::schema::cache_refresh_queue as q;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = self.connection().await;
+        q::table.count().get_result(&mut conn).await.expect("count")
+    }
+
+    /// The raw cache value of a key under this prefix (`p:1:2`, `u:5`).
+    pub async fn cached(&self, key: &str) -> Option<String> {
+        use redis::AsyncCommands;
+        self.redis()
+            .await
+            .get(format!("{}{key}", self.prefix))
+            .await
+            .expect("GET")
+    }
+}
+
+impl TestApp {
+    /// `http://127.0.0.1:ADMIN_PORT`.
+    pub fn admin(&self) -> String {
+        self.admin_address.clone()
+    }
+
+    /// `POST /api/v2/user/{id}/connection/{action}/` as `caller`.
+    pub async fn act(&self, caller: u64, id: &str, action: &str) -> reqwest::Response {
+        self.client
+            .post(format!(
+                "{}/api/v2/user/{id}/connection/{action}/",
+                self.address
+            ))
+            .bearer_auth(self.token(caller))
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST /internal/v1/events` with the internal token.
+    pub async fn events(&self, body: &Value) -> reqwest::Response {
+        use secrecy::ExposeSecret;
+        self.client
+            .post(format!("{}/internal/v1/events", self.admin()))
+            .bearer_auth(self.settings.internal_token.expose_secret())
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+}
+
+/// A `redis-server` of the test's own on a free port, to pause or kill
+/// without touching the shared one; killed on drop.
+pub struct PrivateRedis {
+    /// Its port.
+    pub port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    /// Starts it and waits until it answers.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        let redis = Self { port, child };
+        for _ in 0..100 {
+            if redis.command(&["PING"]).await.is_ok() {
+                return redis;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("private redis-server on port {port} did not answer");
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command on it.
+    pub async fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query_async(&mut conn).await
+    }
+
+    /// The raw value of `key`; `None` when absent or while Redis does not
+    /// answer (paused).
+    pub async fn get(&self, key: &str) -> Option<String> {
+        match self.command(&["GET", key]).await {
+            Ok(redis::Value::BulkString(bytes)) => String::from_utf8(bytes).ok(),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }

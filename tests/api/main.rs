@@ -6,7 +6,10 @@
 mod auth;
 mod binary;
 mod cache;
+mod concurrency;
+mod events;
 mod helpers;
+mod mutations;
 mod routes;
 mod schema;
 mod status;
