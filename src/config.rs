@@ -71,6 +71,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// `CONNSTATUS_MAX_EVENTS`: the most events in one events request.
     pub max_events: usize,
+    /// `CONNSTATUS_MAX_BATCH_IDS`: the most distinct ids in one batch.
+    pub max_batch_ids: usize,
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
     /// retried (and how old one must be to be retried).
     pub refresh_retry_ms: u64,
@@ -189,6 +191,7 @@ impl Settings {
             ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
             ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
             ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
+            ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
             ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),
         ] {
             if value == 0 {

@@ -45,6 +45,7 @@ impl Application {
             internal_token: settings.internal_token.clone(),
             max_body_bytes: settings.max_body_bytes,
             max_events: settings.max_events,
+            max_batch_ids: settings.max_batch_ids,
             shutting_down: AtomicBool::new(false),
         });
         let cache_settings = settings.cache.clone();

@@ -8,10 +8,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cache::codec::Presence;
+use crate::cache::codec::{Presence, Versioned};
 use crate::cache::{Cache, Fill};
 use crate::db::{self, Pool};
-use crate::domain::{Pair, Status, UserId};
+use crate::domain::{Pair, Relation, Status, UserId};
+
+/// Misses read from MySQL per query in a batch.
+const MISS_CHUNK: usize = 500;
+
+/// The answer for `target` from what is known of it, or `None` when that is
+/// not enough (a miss).
+fn answer(
+    viewer: UserId,
+    target: UserId,
+    user: Option<Versioned<Presence>>,
+    pair: Option<Versioned<Relation>>,
+) -> Option<Result<Status, LookupError>> {
+    match (user?.value, Pair::seen_by(viewer, target), pair) {
+        (Presence::Gone, _, _) => Some(Err(LookupError::NotFound)),
+        (Presence::Active, None, _) => Some(Ok(Status::Null)),
+        (Presence::Active, Some((_, side)), Some(relation)) => {
+            Some(Ok(relation.value.status_for(side)))
+        }
+        (Presence::Active, Some(_), None) => None,
+    }
+}
+
+/// In a batch, a user who does not exist reads as `null`.
+fn batch_status(answer: Result<Status, LookupError>) -> Status {
+    answer.unwrap_or(Status::Null)
+}
 
 /// Why a status could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -52,20 +78,13 @@ impl StatusService {
         &self.db
     }
 
-    /// The status of `target` as `viewer` sees it.
+    /// The status of `target` as `viewer` sees it; `NotFound` for a user
+    /// who does not exist or is deleted.
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
-        let view = Pair::seen_by(viewer, target);
-        let pair = view.map(|(pair, _)| pair);
+        let pair = Pair::new(viewer, target);
         if let Ok(cached) = self.cache.lookup(target, pair).await {
-            match (cached.user, view, cached.pair) {
-                (Some(user), _, _) if user.value == Presence::Gone => {
-                    return Err(LookupError::NotFound)
-                }
-                (Some(_), None, _) => return Ok(Status::Null),
-                (Some(_), Some((_, side)), Some(relation)) => {
-                    return Ok(relation.value.status_for(side))
-                }
-                _ => {}
+            if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
+                return known;
             }
         }
         let snapshot = self.read(target, pair).await?;
@@ -78,13 +97,60 @@ impl StatusService {
         if let Err(e) = self.cache.fill(&fills).await {
             tracing::debug!(error = %e, "cache fill skipped");
         }
-        if snapshot.user.value == Presence::Gone {
-            return Err(LookupError::NotFound);
+        answer(viewer, target, Some(snapshot.user), snapshot.pair).unwrap_or(Ok(Status::Null))
+    }
+
+    /// For a batch: the status of each of `targets` (distinct) as `viewer`
+    /// sees it, `Null` for users that do not exist. One `MGET` for all; the
+    /// misses in one MySQL query per chunk, filled back in one script call
+    /// per chunk.
+    pub async fn statuses(
+        &self,
+        viewer: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<Status>, LookupError> {
+        let cached = match self.cache.lookup_many(viewer, targets).await {
+            Ok(cached) => cached,
+            Err(_) => vec![crate::cache::Cached::default(); targets.len()],
+        };
+        let mut answers: Vec<Option<Status>> = cached
+            .iter()
+            .zip(targets)
+            .map(|(c, &target)| answer(viewer, target, c.user, c.pair).map(batch_status))
+            .collect();
+        let misses: Vec<usize> = (0..targets.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        for chunk in misses.chunks(MISS_CHUNK) {
+            let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
+            let snapshots = self.read_many(viewer, &wanted).await?;
+            let mut fills = Vec::with_capacity(chunk.len() * 2);
+            for (&i, snapshot) in chunk.iter().zip(&snapshots) {
+                let target = targets[i];
+                fills.push(Fill::User(target, snapshot.user));
+                if let (Some(pair), Some(relation)) = (Pair::new(viewer, target), snapshot.pair) {
+                    fills.push(Fill::Pair(pair, relation));
+                }
+                answers[i] =
+                    answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
+            }
+            if let Err(e) = self.cache.fill(&fills).await {
+                tracing::debug!(error = %e, "cache fill skipped");
+            }
         }
-        Ok(match (view, snapshot.pair) {
-            (Some((_, side)), Some(relation)) => relation.value.status_for(side),
-            _ => Status::Null,
-        })
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Status::Null))
+            .collect())
+    }
+
+    async fn read_many(
+        &self,
+        viewer: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<db::reads::Snapshot>, LookupError> {
+        self.bounded(async |conn| db::reads::snapshots(conn, viewer, targets).await)
+            .await
     }
 
     async fn read(
@@ -92,13 +158,23 @@ impl StatusService {
         target: UserId,
         pair: Option<Pair>,
     ) -> Result<db::reads::Snapshot, LookupError> {
+        self.bounded(async |conn| db::reads::snapshot(conn, target, pair).await)
+            .await
+    }
+
+    /// Runs a read on a pooled connection, within the MySQL timeout (the
+    /// pool wait included).
+    async fn bounded<T>(
+        &self,
+        read: impl AsyncFnOnce(&mut diesel_async::AsyncMysqlConnection) -> diesel::QueryResult<T>,
+    ) -> Result<T, LookupError> {
         let work = async {
             let mut conn = self
                 .db
                 .get()
                 .await
                 .map_err(|e| LookupError::Unavailable(e.to_string()))?;
-            db::reads::snapshot(&mut conn, target, pair)
+            read(&mut conn)
                 .await
                 .map_err(|e| LookupError::Unavailable(e.to_string()))
         };

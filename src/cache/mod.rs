@@ -143,8 +143,23 @@ impl Cache {
     }
 
     /// Writes entries, each only if Redis holds nothing as new; returns how
-    /// many were written. One atomic script call for all of them.
+    /// many were written. One atomic script call for all of them, on the
+    /// request path's connection, under its timeout and breaker.
     pub async fn fill(&self, entries: &[Fill]) -> Result<u64, CacheError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn.clone();
+        self.guarded(self.fill_on(&mut conn, entries)).await
+    }
+
+    /// [`Cache::fill`] on a connection of the caller's (batch work uses its
+    /// own pooled connections and timeouts; no breaker).
+    pub async fn fill_on<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        entries: &[Fill],
+    ) -> redis::RedisResult<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
@@ -165,8 +180,46 @@ impl Cache {
                 .arg(self.ttl_with_jitter())
                 .arg(force);
         }
-        self.guarded(invocation.invoke_async(&mut self.conn.clone()))
-            .await
+        invocation.invoke_async(conn).await
+    }
+
+    /// For a batch: each target's user entry and, unless it is the viewer,
+    /// the viewer's pair entry with it, in one `MGET`.
+    pub async fn lookup_many(
+        &self,
+        viewer: UserId,
+        targets: &[UserId],
+    ) -> Result<Vec<Cached>, CacheError> {
+        if targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        for &target in targets {
+            cmd.arg(self.keys.user(target));
+            // A user has no pair with themself; ask for a key that is never
+            // set so that positions stay two per target.
+            match Pair::new(viewer, target) {
+                Some(pair) => cmd.arg(self.keys.pair(pair)),
+                None => cmd.arg(self.keys.user(target)),
+            };
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .guarded(cmd.query_async(&mut self.conn.clone()))
+            .await?;
+        Ok(values
+            .chunks(2)
+            .zip(targets)
+            .map(|(two, &target)| Cached {
+                user: two[0].as_deref().and_then(codec::decode),
+                pair: match Pair::new(viewer, target) {
+                    Some(_) => two
+                        .get(1)
+                        .and_then(|v| v.as_deref())
+                        .and_then(codec::decode),
+                    None => None,
+                },
+            })
+            .collect())
     }
 
     /// A TTL of ±10% around the configured one, so that entries filled

@@ -194,3 +194,64 @@ fn pair_columns() -> (
         user_connections::version,
     )
 }
+
+/// For a batch: each target's presence and the viewer's pair with it, in
+/// one query (the pairs LEFT JOINed onto the users by primary key). Targets
+/// with no user row come back as "gone" at version 0. `targets` should be
+/// distinct; at most a few hundred per call (the caller chunks).
+pub async fn snapshots(
+    conn: &mut AsyncMysqlConnection,
+    viewer: UserId,
+    targets: &[UserId],
+) -> QueryResult<Vec<Snapshot>> {
+    use diesel::sql_types::{BigInt, Bool, Nullable, Unsigned};
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = Unsigned<BigInt>)]
+        id: u64,
+        #[diesel(sql_type = Unsigned<BigInt>)]
+        version: u64,
+        #[diesel(sql_type = Bool)]
+        active: bool,
+        #[diesel(sql_type = Nullable<super::state::StateSql>)]
+        state: Option<State>,
+        #[diesel(sql_type = Nullable<Unsigned<BigInt>>)]
+        requested_by: Option<u64>,
+        #[diesel(sql_type = Nullable<Bool>)]
+        rejected: Option<bool>,
+        #[diesel(sql_type = Nullable<Unsigned<BigInt>>)]
+        pair_version: Option<u64>,
+    }
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The ids are validated integers, so writing them into the IN list is
+    // safe; binding 500 placeholders would cost more than it protects.
+    let ids: Vec<String> = targets.iter().map(|t| t.get().to_string()).collect();
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT u.id, u.version, u.deleted_at IS NULL AS active, c.state, c.requested_by, \
+         c.rejected_at IS NOT NULL AS rejected, c.version AS pair_version \
+         FROM users u LEFT JOIN user_connections c \
+         ON c.user_low = LEAST(u.id, ?) AND c.user_high = GREATEST(u.id, ?) \
+         WHERE u.id IN ({})",
+        ids.join(",")
+    ))
+    .bind::<Unsigned<BigInt>, _>(viewer.get())
+    .bind::<Unsigned<BigInt>, _>(viewer.get())
+    .load(conn)
+    .await?;
+    let rows: std::collections::HashMap<u64, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+    Ok(targets
+        .iter()
+        .map(|&target| {
+            let row = rows.get(&target.get());
+            let user = presence(row.map(|r| (r.version, r.active)));
+            let pair = Pair::new(viewer, target).map(|pair| {
+                let stored = row
+                    .and_then(|r| Some((r.state?, r.requested_by, r.rejected?, r.pair_version?)));
+                relation(pair, stored)
+            });
+            Snapshot { user, pair }
+        })
+        .collect())
+}

@@ -2,6 +2,7 @@
 //! handler uses (the authenticated caller, the error mapping).
 
 pub mod admin;
+pub mod batch;
 pub mod body;
 pub mod caller;
 pub mod errors;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The most events one `POST /internal/v1/events` may carry.
     pub max_events: usize,
+    /// The most distinct ids in one batch of statuses.
+    pub max_batch_ids: usize,
     /// Set once a shutdown starts: readiness answers 503 from then on.
     pub shutting_down: AtomicBool,
 }
@@ -51,6 +54,14 @@ pub struct Worker {
 /// anything else is 404 `{"detail": "Not found."}`.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
+        web::resource([
+            "/api/v2/user/connection/statuses/",
+            "/api/v2/user/connection/statuses",
+        ])
+        .route(web::post().to(batch::post_statuses))
+        .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
+    )
+    .service(
         web::resource([
             "/api/v2/user/{id}/connection_status/",
             "/api/v2/user/{id}/connection_status",

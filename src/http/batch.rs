@@ -1,0 +1,133 @@
+//! `POST /api/v2/user/connection/statuses/` (CONTRACT section 2.2): the
+//! statuses of many users at once, for feeds.
+
+use actix_web::http::header::ContentType;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+
+use super::caller::Caller;
+use super::errors::ApiError;
+use super::{body, AppState, Worker};
+use crate::domain::UserId;
+
+/// `{"users": [1, 7, 9]}` → `{"connection_statuses": {"1": null, "7": "connected", ...}}`.
+/// Every distinct id is a key; ids of no existing user map to `null`.
+pub async fn post_statuses(
+    req: HttpRequest,
+    caller: Caller,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    worker: web::Data<Worker>,
+) -> Result<HttpResponse, ApiError> {
+    let value = body::json(&req, payload, state.max_body_bytes).await?;
+    let ids = requested_ids(&value, state.max_batch_ids).map_err(ApiError::BadRequest)?;
+    // Ids beyond 2^63-1 are positive integers but can name no user: null,
+    // without asking anyone.
+    let targets: Vec<UserId> = ids.iter().filter_map(|&id| UserId::new(id)).collect();
+    let statuses = worker.statuses.statuses(caller.0, &targets).await?;
+    let mut body = String::with_capacity(32 + ids.len() * 40);
+    body.push_str("{\"connection_statuses\":{");
+    let mut found = targets.iter().zip(&statuses);
+    for (i, &id) in ids.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        let literal = match UserId::new(id) {
+            Some(_) => found.next().map_or("null", |(_, s)| s.json_literal()),
+            None => "null",
+        };
+        body.push('"');
+        body.push_str(itoa::Buffer::new().format(id));
+        body.push_str("\":");
+        body.push_str(literal);
+    }
+    body.push_str("}}");
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
+
+/// The distinct ids of `{"users": [...]}`, in first-seen order; the error
+/// says what is wrong.
+fn requested_ids(value: &Value, max: usize) -> Result<Vec<u64>, String> {
+    let Value::Object(fields) = value else {
+        return Err("body: expected an object with a \"users\" array".into());
+    };
+    let Some(users) = fields.get("users") else {
+        return Err("users: required, an array of user ids".into());
+    };
+    let Value::Array(users) = users else {
+        return Err("users: expected an array of user ids".into());
+    };
+    let mut seen = std::collections::HashSet::with_capacity(users.len().min(max + 1));
+    let mut ids = Vec::with_capacity(users.len().min(max + 1));
+    for (i, user) in users.iter().enumerate() {
+        let id = user.as_u64().filter(|&id| id > 0).ok_or_else(|| {
+            format!(
+                "users[{i}]: expected a positive integer, got {}",
+                kind(user)
+            )
+        })?;
+        if seen.insert(id) {
+            ids.push(id);
+            if ids.len() > max {
+                return Err(format!("users: at most {max} distinct ids per request"));
+            }
+        }
+    }
+    Ok(ids)
+}
+
+fn kind(value: &Value) -> String {
+    match value {
+        Value::Number(n) => n.to_string(),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_distinct_positive_integers_in_first_seen_order() {
+        assert_eq!(
+            requested_ids(&json!({"users": [7, 1, 7, 9]}), 10),
+            Ok(vec![7, 1, 9])
+        );
+        assert_eq!(requested_ids(&json!({"users": []}), 10), Ok(vec![]));
+        assert_eq!(
+            requested_ids(&json!({"users": [1, 1, 1, 2]}), 2),
+            Ok(vec![1, 2])
+        );
+        assert_eq!(
+            requested_ids(&json!({"users": [18446744073709551615u64]}), 2),
+            Ok(vec![u64::MAX])
+        );
+    }
+
+    #[test]
+    fn anything_else_says_what_is_wrong() {
+        for (body, wanted) in [
+            (json!([1, 2]), "body"),
+            (json!({}), "users: required"),
+            (json!({"users": 5}), "users: expected an array"),
+            (json!({"users": [1, "2"]}), "users[1]"),
+            (json!({"users": [0]}), "users[0]"),
+            (json!({"users": [-1]}), "users[0]"),
+            (json!({"users": [1.5]}), "users[0]"),
+            (json!({"users": [1.0]}), "users[0]"),
+            (json!({"users": [[1]]}), "users[0]"),
+            (json!({"users": [null]}), "users[0]"),
+            (json!({"users": [1, 2, 3]}), "at most 2"),
+        ] {
+            let error = requested_ids(&body, 2).expect_err("refused");
+            assert!(error.contains(wanted), "{body}: {error}");
+        }
+    }
+}
