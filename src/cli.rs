@@ -3,14 +3,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use secrecy::ExposeSecret;
 
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::domain::UserId;
 use crate::startup::Application;
-use crate::{auth, db, seed, telemetry};
+use crate::{auth, db, seed, telemetry, warm};
 
 /// connstatus: the connection status between the logged-in user and another.
 #[derive(Debug, Parser)]
@@ -41,6 +41,31 @@ enum Command {
         /// Replace existing users and pairs instead of refusing.
         #[arg(long)]
         reset: bool,
+    },
+    /// Warm the cache from MySQL: every pair (--all), or every pair of some
+    /// users. Safe to re-run and to interrupt (Ctrl-C).
+    #[command(group(ArgGroup::new("scope").required(true).args(["all", "users_file", "users"])))]
+    Warm {
+        /// Every pair and every user.
+        #[arg(long)]
+        all: bool,
+        /// A file of user ids (separated by newlines, spaces or commas; `#`
+        /// starts a comment) whose pairs are warmed.
+        #[arg(long, value_name = "FILE")]
+        users_file: Option<std::path::PathBuf>,
+        /// User ids whose pairs are warmed, e.g. 1,2,3.
+        #[arg(long, value_delimiter = ',', value_parser = parse_user)]
+        users: Vec<UserId>,
+        /// Also warm each user's pair with these ids, relation or not (so
+        /// "no relation" answers are cached too), e.g. the authors of a feed.
+        #[arg(long, value_delimiter = ',', value_parser = parse_user, requires = "scope")]
+        with: Vec<UserId>,
+        /// Rows read per query, and entries written per pipeline.
+        #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        chunk: u32,
+        /// Pipelines in flight at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+        concurrency: u32,
     },
     /// Mint a development HS256 token with the configured secret.
     Token {
@@ -118,6 +143,30 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Warm {
+            all,
+            users_file,
+            users,
+            with,
+            chunk,
+            concurrency,
+        } => {
+            let scope = if all {
+                warm::Scope::All
+            } else {
+                let mut users = users;
+                if let Some(path) = users_file {
+                    users.extend(read_users_file(&path)?);
+                }
+                warm::Scope::Users { users, with }
+            };
+            let tuning = warm::Tuning {
+                chunk: chunk as usize,
+                concurrency: concurrency as usize,
+                ..warm::Tuning::default()
+            };
+            warm_cache(&settings, scope, tuning).await
+        }
         Command::Token { user, ttl } => {
             let secret = match (&settings.jwt.jwt_algorithm[..], &settings.jwt.jwt_secret) {
                 ("HS256", Some(secret)) => secret.expose_secret().as_bytes().to_vec(),
@@ -188,4 +237,115 @@ async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyho
         );
     }
     Ok(())
+}
+
+/// User ids from a file: separated by newlines, spaces or commas; `#` starts
+/// a comment. A bad id is an error naming its line.
+fn read_users_file(path: &std::path::Path) -> anyhow::Result<Vec<UserId>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--users-file {}: {e}", path.display()))?;
+    let mut users = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        for word in line
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|w| !w.is_empty())
+        {
+            let user = UserId::parse(word).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--users-file {}:{}: `{word}` is not a user id",
+                    path.display(),
+                    n + 1
+                )
+            })?;
+            users.push(user);
+        }
+    }
+    Ok(users)
+}
+
+async fn warm_cache(
+    settings: &Settings,
+    scope: warm::Scope,
+    tuning: warm::Tuning,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let cache = Cache::client(&settings.redis_url)
+        .and_then(|client| Cache::new(client, &settings.cache))
+        .map_err(anyhow::Error::msg)?;
+    let redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
+        .map_err(anyhow::Error::msg)?;
+    let pool = db::pool(
+        &settings.database_url,
+        tuning.concurrency + 1,
+        settings.mysql_timeout(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let warmer = warm::Warmer::new(cache, redis, pool, tuning);
+    let progress = std::sync::Arc::new(warm::Progress::default());
+    let reporter = tokio::spawn(report_progress(
+        progress.clone(),
+        std::io::stderr().is_terminal(),
+    ));
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let result = warmer.run(&scope, &progress, stop).await;
+    reporter.abort();
+    let summary = result.map_err(anyhow::Error::msg)?;
+    println!(
+        "warm: {} pairs and {} users read, {} written, {} skipped (not newer), {} errors, \
+         in {:.1}s ({:.0} entries/s){}",
+        summary.pairs,
+        summary.users,
+        summary.written,
+        summary.skipped,
+        summary.errors,
+        summary.seconds,
+        summary.entries_per_second,
+        if summary.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        }
+    );
+    if summary.interrupted {
+        anyhow::bail!("interrupted; run it again to finish (it is safe to re-run)");
+    }
+    if summary.errors > 0 {
+        anyhow::bail!("{} entries could not be written to Redis", summary.errors);
+    }
+    Ok(())
+}
+
+/// A progress bar on a terminal; elsewhere a plain line every 2 s.
+async fn report_progress(progress: std::sync::Arc<warm::Progress>, terminal: bool) {
+    let started = std::time::Instant::now();
+    let line = |p: &warm::Progress| {
+        let read = warm::count(&p.pairs) + warm::count(&p.users);
+        format!(
+            "{read} read, {} written, {} skipped, {} errors, {:.0} entries/s",
+            warm::count(&p.written),
+            warm::count(&p.skipped),
+            warm::count(&p.errors),
+            read as f64 / started.elapsed().as_secs_f64().max(1e-9)
+        )
+    };
+    if terminal {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} warm [{elapsed}] {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        loop {
+            bar.set_message(line(&progress));
+            bar.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            eprintln!("warm: {}", line(&progress));
+        }
+    }
 }

@@ -31,3 +31,4 @@ pub mod startup;
 pub mod status;
 pub mod telemetry;
 pub mod transitions;
+pub mod warm;

@@ -18,6 +18,7 @@ use crate::db;
 use crate::hooks::{self, Hooks};
 use crate::http::{self, AppState, Worker};
 use crate::status::StatusService;
+use crate::warm;
 
 /// A built, bound, not yet running service.
 pub struct Application {
@@ -50,13 +51,23 @@ impl Application {
         });
         let cache_settings = settings.cache.clone();
         let db_timeout = settings.mysql_timeout();
+        let tuning = warm::Tuning::default();
+        let warm_redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
+            .map_err(anyhow::Error::msg)?;
         // Runs once per worker, on the worker's thread: the worker's Redis
         // connection (and its driver task) live there.
         let worker = move || -> Result<Worker, String> {
             let cache = Arc::new(Cache::new(redis.clone(), &cache_settings)?);
+            let warmer = warm::Warmer::new(
+                Cache::new(redis.clone(), &cache_settings)?,
+                warm_redis.clone(),
+                pool.clone(),
+                tuning,
+            );
             Ok(Worker {
                 statuses: StatusService::new(cache.clone(), pool.clone(), db_timeout),
                 hooks: Hooks::new(cache, pool.clone(), db_timeout),
+                warmer,
                 db_timeout,
             })
         };

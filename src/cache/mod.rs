@@ -23,6 +23,9 @@ use crate::config::CacheSettings;
 use crate::domain::{Pair, Relation, UserId};
 use codec::{Keys, Presence, Versioned};
 
+/// The only-if-newer fill (see `fill.lua`).
+const FILL_SCRIPT: &str = include_str!("fill.lua");
+
 /// Errors of a cache call; the request path only counts them.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -106,7 +109,7 @@ impl Cache {
         Ok(Self {
             keys: Keys::new(&settings.redis_prefix),
             conn,
-            fill_script: Script::new(include_str!("fill.lua")),
+            fill_script: Script::new(FILL_SCRIPT),
             timeout,
             ttl_seconds: settings.cache_ttl_seconds,
             breaker_ms: settings.redis_breaker_ms,
@@ -160,27 +163,64 @@ impl Cache {
         conn: &mut C,
         entries: &[Fill],
     ) -> redis::RedisResult<u64> {
+        self.fill_pipelined(conn, entries, entries.len().max(1))
+            .await
+    }
+
+    /// Writes many entries in one round trip: a pipeline of script calls
+    /// of at most `per_call` entries each (a long script would hold Redis,
+    /// which runs one at a time). Returns how many were written.
+    pub async fn fill_pipelined<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        entries: &[Fill],
+        per_call: usize,
+    ) -> redis::RedisResult<u64> {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut invocation = self.fill_script.prepare_invoke();
+        let mut pipe = redis::pipe();
+        for chunk in entries.chunks(per_call.max(1)) {
+            pipe.add_command(self.fill_command(chunk));
+        }
+        let written: Vec<u64> = match pipe.query_async(conn).await {
+            // The script is loaded once per Redis server (and again after
+            // a restart or SCRIPT FLUSH): EVALSHA says so, load and retry.
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                redis::cmd("SCRIPT")
+                    .arg("LOAD")
+                    .arg(FILL_SCRIPT)
+                    .query_async::<String>(conn)
+                    .await?;
+                pipe.query_async(conn).await?
+            }
+            other => other?,
+        };
+        Ok(written.iter().sum())
+    }
+
+    /// `EVALSHA <fill script> n key… value ttl force …` for `entries`.
+    fn fill_command(&self, entries: &[Fill]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.fill_script.get_hash()).arg(entries.len());
+        let gone = Versioned {
+            version: 0,
+            value: Presence::Gone,
+        };
+        let mut args = Vec::with_capacity(entries.len());
         for entry in entries {
-            let gone = Versioned {
-                version: 0,
-                value: Presence::Gone,
-            };
             let (key, value, force) = match *entry {
                 Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v), "0"),
                 Fill::User(user, v) => (self.keys.user(user), codec::encode(v), "0"),
                 Fill::UserRowGone(user) => (self.keys.user(user), codec::encode(gone), "1"),
             };
-            invocation
-                .key(key)
-                .arg(value)
-                .arg(self.ttl_with_jitter())
-                .arg(force);
+            cmd.arg(key);
+            args.push((value, force));
         }
-        invocation.invoke_async(conn).await
+        for (value, force) in args {
+            cmd.arg(value).arg(self.ttl_with_jitter()).arg(force);
+        }
+        cmd
     }
 
     /// For a batch: each target's user entry and, unless it is the viewer,

@@ -12,8 +12,10 @@ use subtle::ConstantTimeEq;
 use super::errors::ApiError;
 use super::{body, health, method_not_allowed, AppState, Worker};
 use crate::auth::AuthError;
+use crate::domain::UserId;
 use crate::events::{self, Notice};
 use crate::hooks::Refreshed;
+use crate::warm::{Progress, Scope};
 
 /// Registers the admin routes.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
@@ -22,7 +24,73 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(post_events))
             .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
     );
+    cfg.service(
+        web::resource(["/internal/v1/cache/warm", "/internal/v1/cache/warm/"])
+            .route(web::post().to(post_warm))
+            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
+    );
     health::routes(cfg);
+}
+
+/// The most users one warm request may name (each may have many pairs).
+const MAX_WARM_USERS: usize = 100;
+
+/// `POST /internal/v1/cache/warm` with `{"users": [...], "with": [...]}`:
+/// warms those users' pairs (and their pairs with `with`, relation or not),
+/// answering with the job's summary.
+async fn post_warm(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    worker: web::Data<Worker>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let value = body::json(&req, payload, state.max_body_bytes).await?;
+    let users = user_list(&value, "users", MAX_WARM_USERS, true)?;
+    let with = user_list(&value, "with", state.max_batch_ids, false)?;
+    let progress = Progress::default();
+    let summary = worker
+        .warmer
+        .run(
+            &Scope::Users { users, with },
+            &progress,
+            std::future::pending(),
+        )
+        .await
+        .map_err(ApiError::Unavailable)?;
+    Ok(HttpResponse::Ok().json(summary))
+}
+
+/// A list of user ids under `key`: required or not, at most `max`.
+fn user_list(
+    value: &serde_json::Value,
+    key: &str,
+    max: usize,
+    required: bool,
+) -> Result<Vec<UserId>, ApiError> {
+    let bad = |why: String| ApiError::BadRequest(why);
+    let Some(object) = value.as_object() else {
+        return Err(bad("body: expected an object".into()));
+    };
+    let list = match object.get(key) {
+        None if !required => return Ok(Vec::new()),
+        None => return Err(bad(format!("{key}: required, an array of user ids"))),
+        Some(serde_json::Value::Array(list)) => list,
+        Some(_) => return Err(bad(format!("{key}: expected an array of user ids"))),
+    };
+    if list.len() > max {
+        return Err(bad(format!("{key}: at most {max} ids per request")));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64().and_then(UserId::new).ok_or_else(|| {
+                bad(format!(
+                    "{key}[{i}]: expected a user id (an integer from 1 to 2^63-1)"
+                ))
+            })
+        })
+        .collect()
 }
 
 /// Checks `Authorization: Bearer <internal token>` in constant time. A user

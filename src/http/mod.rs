@@ -20,6 +20,7 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use crate::auth::Verifier;
 use crate::hooks::Hooks;
 use crate::status::StatusService;
+use crate::warm::Warmer;
 use errors::ApiError;
 
 /// What every worker of an instance shares.
@@ -45,6 +46,8 @@ pub struct Worker {
     pub statuses: StatusService,
     /// The cache-invalidation hooks.
     pub hooks: Hooks,
+    /// The warming job, for `POST /internal/v1/cache/warm`.
+    pub warmer: Warmer,
     /// The most a MySQL call may take.
     pub db_timeout: Duration,
 }

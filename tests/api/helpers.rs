@@ -165,7 +165,11 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the service with `overrides` (config keys and values).
 pub async fn spawn_app_with(overrides: &[(&str, Value)]) -> TestApp {
-    let store = Isolated::new().await;
+    spawn_app_on(Isolated::new().await, overrides).await
+}
+
+/// Spawns the service over an existing database and prefix.
+pub async fn spawn_app_on(store: Isolated, overrides: &[(&str, Value)]) -> TestApp {
     let settings = store.settings(overrides);
     let app = Application::build(&settings).await.expect("build the app");
     let address = format!("http://127.0.0.1:{}", app.port());

@@ -14,3 +14,4 @@ mod mutations;
 mod routes;
 mod schema;
 mod status;
+mod warm;
