@@ -221,6 +221,10 @@ async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyho
         pairs as f64 / summary.seconds.max(1e-9),
         spec.seed
     );
+    println!(
+        "skew: user {} has the most pairs ({}); the median user has {}",
+        summary.max_degree.0, summary.max_degree.1, summary.median_degree
+    );
     // Fresh rows start again at version 1: entries cached from an earlier
     // graph would win every only-if-newer comparison, so they must go.
     let cache = Cache::client(&settings.redis_url)

@@ -50,6 +50,10 @@ pub struct Summary {
     pub seconds: f64,
     /// For the demo: for user 1, one other user per status it sees, if any.
     pub examples: Vec<(UserId, Status)>,
+    /// The skew: the most connected user and their number of pairs.
+    pub max_degree: (u64, u64),
+    /// The median number of pairs per user.
+    pub median_degree: u64,
 }
 
 /// Rows per INSERT statement and concurrent inserting connections.
@@ -150,6 +154,7 @@ pub async fn run(url: &SecretString, spec: Spec, reset: bool) -> Result<Summary,
         summary.by_state[slot] += 1;
     }
     summary.examples = examples(&rows, spec.users);
+    (summary.max_degree, summary.median_degree) = degrees(&rows, spec.users);
     Ok(summary)
 }
 
@@ -185,6 +190,27 @@ fn examples(rows: &[Row], users: u64) -> Vec<(UserId, Status)> {
         }
     }
     out
+}
+
+/// The most connected user with their degree, and the median degree.
+fn degrees(rows: &[Row], users: u64) -> ((u64, u64), u64) {
+    let mut degree = vec![0u64; usize::try_from(users).unwrap_or(0) + 1];
+    for row in rows {
+        for id in [row.pair.low().get(), row.pair.high().get()] {
+            if let Some(d) = usize::try_from(id).ok().and_then(|i| degree.get_mut(i)) {
+                *d += 1;
+            }
+        }
+    }
+    let max = degree
+        .iter()
+        .enumerate()
+        .skip(1)
+        .max_by_key(|&(_, d)| *d)
+        .map_or((0, 0), |(i, &d)| (i as u64, d));
+    let mut sorted: Vec<u64> = degree.into_iter().skip(1).collect();
+    sorted.sort_unstable();
+    (max, sorted.get(sorted.len() / 2).copied().unwrap_or(0))
 }
 
 fn values_of(row: &Row) -> String {

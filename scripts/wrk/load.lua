@@ -5,13 +5,15 @@
 --                 uncached : a new (viewer, target) pair every request, viewers
 --                            from WRK_TOKENS (one token per line, viewer i = line i),
 --                            targets from WRK_LO up; WRK_THREADS must be wrk's -t
---   WRK_TOKEN     bearer token (fixed and spread)
+--                 batch    : POST {"users": [...]} of WRK_BATCH random ids in [WRK_LO, WRK_HI]
+--   WRK_TOKEN     bearer token (fixed, spread and batch)
 -- done() prints one machine-readable line: RESULT <req/s> <p50 µs> <p99 µs> <non-2xx> <errors>
 local path = os.getenv("WRK_PATH") or "/"
 local mode = os.getenv("WRK_MODE") or "fixed"
 local lo = tonumber(os.getenv("WRK_LO") or "2")
 local hi = tonumber(os.getenv("WRK_HI") or "2")
 local token = os.getenv("WRK_TOKEN")
+local batch = tonumber(os.getenv("WRK_BATCH") or "50")
 local tokens = {}
 local counter = 0
 local threads = {}
@@ -52,6 +54,13 @@ function request()
     bearer = token
   end
   local headers = {}
+  if mode == "batch" then
+    local ids = {}
+    for i = 1, batch do ids[i] = tostring(math.random(lo, hi)) end
+    headers["Authorization"] = "Bearer " .. token
+    headers["Content-Type"] = "application/json"
+    return wrk.format("POST", path, headers, '{"users":[' .. table.concat(ids, ",") .. ']}')
+  end
   if bearer then headers["Authorization"] = "Bearer " .. bearer end
   return wrk.format("GET", (path:gsub("{id}", tostring(id))), headers)
 end
