@@ -199,6 +199,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let app = Application::build(&settings).await?;
     let host = settings.bind_addr().ip();
     tracing::info!("listening on http://{host}:{}", app.port());
+    let admin_host = settings.admin_bind_addr().ip();
+    tracing::info!(
+        "admin listening on http://{admin_host}:{}",
+        app.admin_port()
+    );
     app.run_until_stopped().await?;
     tracing::info!("stopped");
     Ok(())

@@ -69,6 +69,9 @@ pub struct Settings {
     pub mysql_timeout_ms: u64,
     /// `CONNSTATUS_MAX_BODY_BYTES`: the largest request body accepted (413).
     pub max_body_bytes: usize,
+    /// `CONNSTATUS_MAX_HEADER_BYTES`: the most header bytes a request may
+    /// carry (431).
+    pub max_header_bytes: usize,
     /// `CONNSTATUS_MAX_EVENTS`: the most events in one events request.
     pub max_events: usize,
     /// `CONNSTATUS_MAX_BATCH_IDS`: the most distinct ids in one batch.
@@ -190,6 +193,7 @@ impl Settings {
             ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
             ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
             ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("CONNSTATUS_MAX_HEADER_BYTES", self.max_header_bytes as u64),
             ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
             ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
             ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),

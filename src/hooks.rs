@@ -149,7 +149,20 @@ impl Hooks {
     /// Every pair of `user` changed (e.g. a bulk import or repair).
     pub async fn user_pairs_changed(&self, user: UserId) -> Result<Refreshed, HookError> {
         let mut conn = self.connection().await?;
-        let pairs = self.bounded(reads::pairs_of(&mut conn, user)).await?;
+        let result = self.user_pairs_on(&mut conn, user).await;
+        if result.is_err() {
+            db::discard(conn);
+        }
+        result
+    }
+
+    async fn user_pairs_on(
+        &self,
+        conn: &mut PooledConnection,
+        user: UserId,
+    ) -> Result<Refreshed, HookError> {
+        let conn: &mut diesel_async::AsyncMysqlConnection = conn;
+        let pairs = self.bounded(reads::pairs_of(conn, user)).await?;
         let mut done = Refreshed {
             read: pairs.len() as u64,
             ..Refreshed::default()
@@ -157,11 +170,16 @@ impl Hooks {
         for chunk in pairs.chunks(FILL_CHUNK) {
             let fills: Vec<Fill> = chunk.iter().map(|&(pair, v)| Fill::Pair(pair, v)).collect();
             match self.cache.fill(&fills).await {
-                Ok(written) => done.written += written,
+                Ok(written) => {
+                    crate::metrics::cache_fills(written, chunk.len() as u64);
+                    done.written += written;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cache unavailable: refresh queued");
+                    crate::metrics::cache_fill_errors(chunk.len() as u64);
+                    crate::metrics::refresh_queued(chunk.len() as u64);
                     for &(pair, v) in chunk {
-                        self.bounded(writes::enqueue(&mut conn, Queued::Pair(pair), v.version))
+                        self.bounded(writes::enqueue(conn, Queued::Pair(pair), v.version))
                             .await?;
                     }
                     done.queued += chunk.len() as u64;
@@ -196,7 +214,13 @@ impl Hooks {
         let overdue = {
             let mut conn = self.connection().await?;
             let ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
-            self.bounded(writes::overdue(&mut conn, ms, limit)).await?
+            match self.bounded(writes::overdue(&mut conn, ms, limit)).await {
+                Ok(overdue) => overdue,
+                Err(e) => {
+                    db::discard(conn);
+                    return Err(e);
+                }
+            }
         };
         let mut landed = 0;
         for entry in overdue {
@@ -212,12 +236,25 @@ impl Hooks {
     /// failure it is queued.
     pub(crate) async fn refresh(&self, entry: Queued) -> Result<Refreshed, HookError> {
         let mut conn = self.connection().await?;
+        let result = self.refresh_on(&mut conn, entry).await;
+        if result.is_err() {
+            db::discard(conn);
+        }
+        result
+    }
+
+    async fn refresh_on(
+        &self,
+        conn: &mut PooledConnection,
+        entry: Queued,
+    ) -> Result<Refreshed, HookError> {
+        let conn: &mut diesel_async::AsyncMysqlConnection = conn;
         let (fill, version) = match entry {
             Queued::Pair(pair) => {
-                let v = self.bounded(reads::pair(&mut conn, pair)).await?;
+                let v = self.bounded(reads::pair(conn, pair)).await?;
                 (Fill::Pair(pair, v), v.version)
             }
-            Queued::User(user) => match self.bounded(reads::user(&mut conn, user)).await? {
+            Queued::User(user) => match self.bounded(reads::user(conn, user)).await? {
                 Some(v) => (Fill::User(user, v), v.version),
                 None => (Fill::UserRowGone(user), 0),
             },
@@ -228,14 +265,15 @@ impl Hooks {
         };
         match self.cache.fill(&[fill]).await {
             Ok(written) => {
+                crate::metrics::cache_fills(written, 1);
                 done.written = written;
-                self.bounded(writes::dequeue(&mut conn, entry, version))
-                    .await?;
+                self.bounded(writes::dequeue(conn, entry, version)).await?;
             }
             Err(e) => {
                 tracing::warn!(error = %e, ?entry, "cache unavailable: refresh queued");
-                self.bounded(writes::enqueue(&mut conn, entry, version))
-                    .await?;
+                crate::metrics::cache_fill_errors(1);
+                crate::metrics::refresh_queued(1);
+                self.bounded(writes::enqueue(conn, entry, version)).await?;
                 done.queued = 1;
             }
         }
@@ -246,10 +284,14 @@ impl Hooks {
         &self,
         work: impl std::future::Future<Output = diesel::QueryResult<T>>,
     ) -> Result<T, HookError> {
-        tokio::time::timeout(self.db_timeout, work)
+        let result = tokio::time::timeout(self.db_timeout, work)
             .await
             .map_err(|_| HookError("timed out".into()))?
-            .map_err(HookError::from)
+            .map_err(HookError::from);
+        if result.is_err() {
+            crate::metrics::mysql_error();
+        }
+        result
     }
 }
 

@@ -26,6 +26,7 @@ pub mod domain;
 pub mod events;
 pub mod hooks;
 pub mod http;
+pub mod metrics;
 pub mod seed;
 pub mod startup;
 pub mod status;

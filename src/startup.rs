@@ -8,14 +8,17 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use std::sync::atomic::Ordering;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{middleware, web, App, HttpServer};
 
 use crate::auth::Verifier;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db;
 use crate::hooks::{self, Hooks};
+use crate::http::edge::{edge, Inflight, Limits};
 use crate::http::{self, AppState, Worker};
 use crate::status::StatusService;
 use crate::warm;
@@ -48,6 +51,7 @@ impl Application {
             max_events: settings.max_events,
             max_batch_ids: settings.max_batch_ids,
             shutting_down: AtomicBool::new(false),
+            inflight: Inflight::new(settings.max_inflight),
         });
         let cache_settings = settings.cache.clone();
         let db_timeout = settings.mysql_timeout();
@@ -83,34 +87,62 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        crate::metrics::handle();
+        let inflight = web::Data::new(state.inflight.clone());
+        let limits = web::Data::new(Limits {
+            max_header_bytes: settings.max_header_bytes,
+        });
+        // In-flight requests get what is left of the grace period once the
+        // drain delay is over.
+        let stop_timeout = settings
+            .grace_seconds
+            .saturating_sub(settings.drain_seconds)
+            .max(1);
         let (listener, port) = bind(settings.bind_addr(), "CONNSTATUS_BIND")?;
         let (public_state, public_worker) = (state.clone(), worker.clone());
+        let admin_limits = limits.clone();
         let public = HttpServer::new(move || {
             App::new()
+                .wrap(middleware::from_fn(edge))
+                .app_data(inflight.clone())
+                .app_data(limits.clone())
                 .app_data(public_state.clone())
                 .app_data(web::Data::new(start_worker(&public_worker)))
                 .configure(http::public_routes)
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
-        .shutdown_timeout(settings.grace_seconds)
-        .client_request_timeout(Duration::from_secs(5))
+        .disable_signals()
+        .shutdown_timeout(stop_timeout)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)?
         .run();
 
         let (listener, admin_port) = bind(settings.admin_bind_addr(), "CONNSTATUS_ADMIN_BIND")?;
+        let admin_state = state.clone();
         let admin = HttpServer::new(move || {
             App::new()
-                .app_data(state.clone())
+                .wrap(middleware::from_fn(edge))
+                .app_data(admin_state.clone())
+                .app_data(admin_limits.clone())
                 .app_data(web::Data::new(start_worker(&worker)))
                 .configure(http::admin::admin_routes)
                 .default_service(web::to(http::not_found))
         })
         .workers(1)
-        .shutdown_timeout(settings.grace_seconds)
-        .client_request_timeout(Duration::from_secs(5))
+        .disable_signals()
+        .shutdown_timeout(stop_timeout)
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .listen(listener)?
         .run();
+        let drain = Duration::from_secs(settings.drain_seconds);
+        tokio::spawn(shutdown_on_signal(
+            state,
+            drain,
+            public.handle(),
+            admin.handle(),
+        ));
         Ok(Self {
             port,
             admin_port,
@@ -133,6 +165,50 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let (public, admin) = tokio::join!(self.public, self.admin);
         public.and(admin)
+    }
+}
+
+/// How long a client may take to send a request's head (slow clients are
+/// cut off with 408 rather than holding a worker).
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// SIGTERM or SIGINT: readiness turns 503 at once; the listeners keep
+/// serving through the drain delay (so the balancer sees the 503 and moves
+/// away); then they stop accepting, in-flight requests finish, and
+/// `run_until_stopped` returns.
+async fn shutdown_on_signal(
+    state: web::Data<AppState>,
+    drain: Duration,
+    public: ServerHandle,
+    admin: ServerHandle,
+) {
+    wait_for_signal().await;
+    state.shutting_down.store(true, Ordering::SeqCst);
+    tracing::info!(
+        drain_seconds = drain.as_secs(),
+        "shutdown: readiness is 503; draining"
+    );
+    tokio::time::sleep(drain).await;
+    tracing::info!("shutdown: no new connections; finishing requests in flight");
+    tokio::join!(public.stop(true), admin.stop(true));
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // No signal handlers (should not happen on Unix): Ctrl-C only.
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

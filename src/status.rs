@@ -12,6 +12,7 @@ use crate::cache::codec::{Presence, Versioned};
 use crate::cache::{Cache, Fill};
 use crate::db::{self, Pool};
 use crate::domain::{Pair, Relation, Status, UserId};
+use crate::metrics;
 
 /// Misses read from MySQL per query in a batch.
 const MISS_CHUNK: usize = 500;
@@ -82,10 +83,15 @@ impl StatusService {
     /// who does not exist or is deleted.
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
         let pair = Pair::new(viewer, target);
-        if let Ok(cached) = self.cache.lookup(target, pair).await {
-            if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
-                return known;
+        match self.cache.lookup(target, pair).await {
+            Ok(cached) => {
+                if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
+                    metrics::cache_lookups("hit", 1);
+                    return known;
+                }
+                metrics::cache_lookups("miss", 1);
             }
+            Err(_) => metrics::cache_lookups("error", 1),
         }
         let snapshot = self.read(target, pair).await?;
         let mut fills = vec![Fill::User(target, snapshot.user)];
@@ -94,9 +100,7 @@ impl StatusService {
         }
         // A refused or failed fill changes nothing about this answer: the
         // cache either holds something newer or will be filled next time.
-        if let Err(e) = self.cache.fill(&fills).await {
-            tracing::debug!(error = %e, "cache fill skipped");
-        }
+        self.fill(&fills).await;
         answer(viewer, target, Some(snapshot.user), snapshot.pair).unwrap_or(Ok(Status::Null))
     }
 
@@ -109,9 +113,12 @@ impl StatusService {
         viewer: UserId,
         targets: &[UserId],
     ) -> Result<Vec<Status>, LookupError> {
-        let cached = match self.cache.lookup_many(viewer, targets).await {
-            Ok(cached) => cached,
-            Err(_) => vec![crate::cache::Cached::default(); targets.len()],
+        let (cached, redis_answered) = match self.cache.lookup_many(viewer, targets).await {
+            Ok(cached) => (cached, true),
+            Err(_) => {
+                metrics::cache_lookups("error", targets.len() as u64);
+                (vec![crate::cache::Cached::default(); targets.len()], false)
+            }
         };
         let mut answers: Vec<Option<Status>> = cached
             .iter()
@@ -121,6 +128,10 @@ impl StatusService {
         let misses: Vec<usize> = (0..targets.len())
             .filter(|&i| answers[i].is_none())
             .collect();
+        if redis_answered {
+            metrics::cache_lookups("hit", (targets.len() - misses.len()) as u64);
+            metrics::cache_lookups("miss", misses.len() as u64);
+        }
         for chunk in misses.chunks(MISS_CHUNK) {
             let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
             let snapshots = self.read_many(viewer, &wanted).await?;
@@ -134,14 +145,24 @@ impl StatusService {
                 answers[i] =
                     answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
             }
-            if let Err(e) = self.cache.fill(&fills).await {
-                tracing::debug!(error = %e, "cache fill skipped");
-            }
+            self.fill(&fills).await;
         }
         Ok(answers
             .into_iter()
             .map(|a| a.unwrap_or(Status::Null))
             .collect())
+    }
+
+    /// Fills what was read, counting the outcome; a failure only means the
+    /// next read misses again.
+    async fn fill(&self, fills: &[Fill]) {
+        match self.cache.fill(fills).await {
+            Ok(written) => metrics::cache_fills(written, fills.len() as u64),
+            Err(e) => {
+                metrics::cache_fill_errors(fills.len() as u64);
+                tracing::debug!(error = %e, "cache fill skipped");
+            }
+        }
     }
 
     async fn read_many(
@@ -169,17 +190,29 @@ impl StatusService {
         read: impl AsyncFnOnce(&mut diesel_async::AsyncMysqlConnection) -> diesel::QueryResult<T>,
     ) -> Result<T, LookupError> {
         let work = async {
+            let waited = std::time::Instant::now();
             let mut conn = self
                 .db
                 .get()
                 .await
                 .map_err(|e| LookupError::Unavailable(e.to_string()))?;
-            read(&mut conn)
-                .await
-                .map_err(|e| LookupError::Unavailable(e.to_string()))
+            ::metrics::histogram!("connstatus_mysql_pool_wait_seconds")
+                .record(waited.elapsed().as_secs_f64());
+            match read(&mut conn).await {
+                Ok(value) => Ok(value),
+                Err(e) => {
+                    db::discard(conn);
+                    Err(LookupError::Unavailable(e.to_string()))
+                }
+            }
         };
-        tokio::time::timeout(self.db_timeout, work)
+        let result = tokio::time::timeout(self.db_timeout, work)
             .await
-            .map_err(|_| LookupError::Unavailable("timed out".into()))?
+            .map_err(|_| LookupError::Unavailable("timed out".into()))
+            .and_then(|r| r);
+        if result.is_err() {
+            metrics::mysql_error();
+        }
+        result
     }
 }

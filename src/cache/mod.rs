@@ -23,6 +23,21 @@ use crate::config::CacheSettings;
 use crate::domain::{Pair, Relation, UserId};
 use codec::{Keys, Presence, Versioned};
 
+/// Until when (Unix ms) some cache of this process has its breaker open: the
+/// breakers are per worker, the metric is per instance.
+static ANY_BREAKER_OPEN_UNTIL: AtomicU64 = AtomicU64::new(0);
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether any worker of this process currently skips Redis.
+pub fn any_breaker_open() -> bool {
+    unix_ms() < ANY_BREAKER_OPEN_UNTIL.load(Ordering::Relaxed)
+}
+
 /// The only-if-newer fill (see `fill.lua`).
 const FILL_SCRIPT: &str = include_str!("fill.lua");
 
@@ -289,6 +304,8 @@ impl Cache {
         if result.is_err() {
             self.open_until_ms
                 .store(self.now_ms() + self.breaker_ms, Ordering::Relaxed);
+            metrics::counter!("connstatus_redis_errors_total").increment(1);
+            ANY_BREAKER_OPEN_UNTIL.fetch_max(unix_ms() + self.breaker_ms, Ordering::Relaxed);
         }
         result
     }

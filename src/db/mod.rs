@@ -51,6 +51,14 @@ pub fn pool(url: &SecretString, size: usize, timeout: Duration) -> Result<Pool, 
         .map_err(|e| format!("DATABASE_URL: {e}"))
 }
 
+/// Takes a connection out of the pool for good after it failed: it may be
+/// broken (a MySQL restart leaves every pooled socket dead, and
+/// `RecyclingMethod::Fast` does not look), and the pool makes a fresh one
+/// when it is next needed.
+pub fn discard(conn: PooledConnection) {
+    drop(deadpool::managed::Object::take(conn));
+}
+
 /// Splits `mysql://…/name` into the server URL (no database) and the name.
 fn server_and_database(url: &str) -> Result<(String, String), String> {
     let mut parsed = url::Url::parse(url).map_err(|e| format!("DATABASE_URL: {e}"))?;

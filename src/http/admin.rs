@@ -29,7 +29,40 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(post_warm))
             .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
     );
+    cfg.service(
+        web::resource("/metrics")
+            .route(web::get().to(get_metrics))
+            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
+    );
     health::routes(cfg);
+}
+
+/// `GET /metrics`: Prometheus text. Gauges are sampled now. Not behind the
+/// internal token: the admin listener is private, and scrapers rarely carry
+/// one.
+async fn get_metrics(state: web::Data<AppState>, worker: web::Data<Worker>) -> HttpResponse {
+    let Some(handle) = crate::metrics::handle() else {
+        return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable\n");
+    };
+    let pool = worker.hooks.db().status();
+    for (kind, value) in [
+        ("open", pool.size),
+        ("idle", pool.available),
+        ("waiting", pool.waiting),
+        ("max", pool.max_size),
+    ] {
+        metrics::gauge!("connstatus_mysql_pool_connections", "state" => kind).set(value as f64);
+    }
+    let open = if crate::cache::any_breaker_open() {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!("connstatus_redis_breaker_open").set(open);
+    metrics::gauge!("connstatus_http_inflight").set(state.inflight.now() as f64);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(handle.render())
 }
 
 /// The most users one warm request may name (each may have many pairs).

@@ -43,6 +43,12 @@ pub enum ApiError {
         /// The methods the path takes.
         allow: &'static str,
     },
+    /// 431: the request's headers are larger than the configured limit.
+    #[error("Request headers are too large.")]
+    HeadersTooLarge,
+    /// 429: more requests in flight than this instance takes.
+    #[error("Too many requests in flight; retry shortly.")]
+    Overloaded,
     /// 503: a dependency needed for this answer is down.
     #[error("Service temporarily unavailable, try again soon.")]
     Unavailable(String),
@@ -68,6 +74,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -87,6 +95,9 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow, .. } => {
                 response.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
             }
+            ApiError::Overloaded => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
             ApiError::Unavailable(why) => {
                 // The cause is for the operator's log, not for the caller.
                 tracing::warn!(cause = %why, "answering 503");
@@ -97,7 +108,8 @@ impl ResponseError for ApiError {
             | ApiError::NotFound
             | ApiError::Conflict(_)
             | ApiError::PayloadTooLarge(_)
-            | ApiError::UnsupportedMediaType(_) => {}
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::HeadersTooLarge => {}
         }
         response.json(Detail {
             detail: self.to_string(),

@@ -77,7 +77,13 @@ async fn mysql_up(statuses: &StatusService) -> bool {
     use diesel_async::SimpleAsyncConnection;
     let probe = async {
         let mut conn = statuses.db().get().await.ok()?;
-        conn.batch_execute("SELECT 1").await.ok()
+        match conn.batch_execute("SELECT 1").await {
+            Ok(()) => Some(()),
+            Err(_) => {
+                crate::db::discard(conn);
+                None
+            }
+        }
     };
     matches!(
         tokio::time::timeout(PROBE_TIMEOUT, probe).await,

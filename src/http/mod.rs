@@ -5,6 +5,7 @@ pub mod admin;
 pub mod batch;
 pub mod body;
 pub mod caller;
+pub mod edge;
 pub mod errors;
 pub mod health;
 pub mod mutations;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub max_batch_ids: usize,
     /// Set once a shutdown starts: readiness answers 503 from then on.
     pub shutting_down: AtomicBool,
+    /// The public listener's in-flight cap (for the gauge).
+    pub inflight: std::sync::Arc<edge::Inflight>,
 }
 
 /// What each worker has of its own: the read path and the hooks, sharing

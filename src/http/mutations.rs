@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use super::caller::Caller;
 use super::errors::ApiError;
 use super::Worker;
+use crate::db;
 use crate::db::writes::{self, MutationError};
 use crate::domain::{Pair, UserId};
 use crate::transitions::Action;
@@ -31,7 +32,15 @@ pub async fn mutate(
         .await
         .map_err(|e| ApiError::Unavailable(e.0))?;
     let work = writes::mutate(&mut conn, caller.0, pair, action);
-    let mutated = match tokio::time::timeout(worker.db_timeout, work).await {
+    let result = tokio::time::timeout(worker.db_timeout, work).await;
+    if matches!(result, Err(_) | Ok(Err(MutationError::Db(_)))) {
+        // A connection that failed or was cut off mid-transaction is not
+        // trusted again.
+        db::discard(conn);
+    } else {
+        drop(conn);
+    }
+    let mutated = match result {
         Err(_) => return Err(ApiError::Unavailable("mutation timed out".into())),
         Ok(Err(MutationError::NotFound)) => return Err(ApiError::NotFound),
         Ok(Err(MutationError::CallerGone)) => {
@@ -43,7 +52,6 @@ pub async fn mutate(
         Ok(Err(MutationError::Db(e))) => return Err(ApiError::Unavailable(e.to_string())),
         Ok(Ok(mutated)) => mutated,
     };
-    drop(conn);
     // Committed. A no-op refreshes too: the cache may be behind a writer
     // that sent no event. A failure here is queued or logged, never answered.
     if let Err(e) = hooks.pair_changed(pair.low(), pair.high()).await {

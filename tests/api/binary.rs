@@ -23,6 +23,7 @@ fn connstatus(store: &Isolated) -> Command {
         .env("CONNSTATUS_BIND", "127.0.0.1:0")
         .env("CONNSTATUS_ADMIN_BIND", "127.0.0.1:0")
         .env("CONNSTATUS_WORKERS", "1")
+        .env("CONNSTATUS_DRAIN_SECONDS", "1")
         .env_remove("CONNSTATUS_ENV")
         .env_remove("CONNSTATUS_JWT_SECRET")
         .env_remove("RUST_LOG");
@@ -247,4 +248,122 @@ async fn checksum(store: &Isolated) -> (i64, String) {
     .await
     .expect("checksum");
     (sum.n, sum.digest)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_readiness_503_drains_finishes_in_flight_work_and_exits_zero() {
+    use diesel_async::SimpleAsyncConnection;
+    // Arrange: a running binary (drain 2 s, grace 10 s), and a pair row
+    // locked by the test so that a mutation of it stays in flight.
+    let store = Isolated::new().await;
+    store
+        .sql("INSERT INTO users (id) VALUES (1), (2), (3)")
+        .await;
+    store
+        .sql("INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'none')")
+        .await;
+    let (_, token, _) = output(connstatus(&store).args(["token", "--user", "1"]));
+    let token = token.trim().to_owned();
+    let mut child = connstatus(&store)
+        .env("CONNSTATUS_DRAIN_SECONDS", "2")
+        .env("CONNSTATUS_GRACE_SECONDS", "10")
+        .env("CONNSTATUS_MYSQL_TIMEOUT_MS", "8000")
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let public = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("public address");
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let mut lock = store.connection().await;
+    lock.batch_execute(
+        "BEGIN; SELECT * FROM user_connections WHERE user_low = 1 AND user_high = 2 FOR UPDATE",
+    )
+    .await
+    .expect("lock");
+    let in_flight = {
+        let (client, public, token) = (client.clone(), public.clone(), token.clone());
+        tokio::spawn(async move {
+            client
+                .post(format!("http://{public}/api/v2/user/2/connection/request/"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act: SIGTERM.
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid")),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Assert: readiness is 503 at once, while requests are still served.
+    let ready = client
+        .get(format!("http://{public}/readyz"))
+        .send()
+        .await
+        .expect("readyz during drain");
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(body["status"], "shutting_down");
+    let served = client
+        .get(format!("http://{public}/api/v2/user/3/connection_status/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("a request during the drain");
+    assert_eq!(served.status(), 200);
+
+    // The in-flight mutation finishes once the lock goes, after the drain.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    lock.batch_execute("ROLLBACK").await.expect("unlock");
+    assert_eq!(
+        in_flight
+            .await
+            .expect("task")
+            .expect("in-flight request answered"),
+        200
+    );
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "not exited within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "the drain delay was honoured"
+    );
+    assert!(
+        client
+            .get(format!("http://{public}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "closed after exit"
+    );
 }

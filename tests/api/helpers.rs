@@ -54,7 +54,12 @@ pub struct Isolated {
 impl Isolated {
     /// Creates and migrates the database.
     pub async fn new() -> Self {
-        let database_url = format!("{}/{}", mysql_server(), unique("cs_test_"));
+        Self::on(&mysql_server()).await
+    }
+
+    /// Creates and migrates a database on the MySQL server at `server`.
+    pub async fn on(server: &str) -> Self {
+        let database_url = format!("{server}/{}", unique("cs_test_"));
         db::migrate(&SecretString::from(database_url.clone()))
             .await
             .expect("migrate the test database");
@@ -439,4 +444,140 @@ pub fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
+}
+
+/// A MariaDB server of the test's own (a fresh datadir in a temporary
+/// folder, its own port and socket), to kill and restart without touching
+/// the shared one; killed and removed on drop.
+pub struct PrivateMariaDb {
+    /// Its port.
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateMariaDb {
+    /// Creates the datadir, starts the server, waits until it answers.
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(unique("cs_mariadb_"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let status = std::process::Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
+            .arg(format!("--datadir={}", dir.join("data").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("mariadb-install-db is installed (scripts/services.sh installs it)");
+        assert!(status.success(), "mariadb-install-db failed");
+        let mut db = Self {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        db.restart().await;
+        db
+    }
+
+    /// The server URL (no database).
+    pub fn server(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server on the same datadir and port; waits until it answers.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let child = std::process::Command::new("/usr/sbin/mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--skip-name-resolve",
+            ])
+            .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=32M"])
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--socket={}", self.dir.join("sock").display()))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mariadbd is installed");
+        self.child = Some(child);
+        for _ in 0..200 {
+            if AsyncMysqlConnection::establish(&self.server())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("private mariadbd on port {} did not answer", self.port);
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl PrivateRedis {
+    /// Kills the server at once (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new server on the same port (empty: it keeps nothing).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        for _ in 0..100 {
+            if self.command(&["PING"]).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("private redis-server did not come back");
+    }
+}
+
+/// The body of `GET /metrics` on the admin listener.
+pub async fn metrics_text(app: &TestApp) -> String {
+    app.client
+        .get(format!("{}/metrics", app.admin()))
+        .send()
+        .await
+        .expect("request")
+        .text()
+        .await
+        .expect("text")
 }

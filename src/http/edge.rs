@@ -1,0 +1,195 @@
+//! What every request passes through first: its `X-Request-Id`, the
+//! in-flight cap (429 beyond it), its log span, and its metrics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, ResponseError};
+use tracing::Instrument;
+
+use super::errors::ApiError;
+
+/// The request id header, kept from the gateway or made here.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Limits on what a request may bring.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The most header bytes (names, values, separators) a request may
+    /// carry; beyond it, 431. (actix itself refuses heads over 128 KiB.)
+    pub max_header_bytes: usize,
+}
+
+/// The in-flight cap of one instance, shared by its workers.
+#[derive(Debug)]
+pub struct Inflight {
+    now: AtomicUsize,
+    max: usize,
+}
+
+impl Inflight {
+    /// A cap of `max` requests in flight.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            now: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    /// Requests in flight now.
+    pub fn now(&self) -> usize {
+        self.now.load(Ordering::Relaxed)
+    }
+
+    fn enter(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.now.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot(self.clone());
+        (before < self.max).then_some(slot)
+    }
+}
+
+/// One request's place under the cap; released on drop, whatever happens.
+struct Slot(Arc<Inflight>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request id from the gateway is kept when it is sane: 1 to 128
+/// characters of letters, digits and `-_.:`. Anything else is replaced, so
+/// that no caller can inject text into the logs.
+fn sane(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let ok = (1..=128).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+    ok.then_some(text)
+}
+
+/// The middleware (`from_fn`). Health and readiness are never shed: the
+/// balancer must see them even when the instance is saturated.
+pub async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
+    let started = Instant::now();
+    let id = match req.headers().get(REQUEST_ID).and_then(sane) {
+        Some(id) => id.to_owned(),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let probe = matches!(
+        req.path(),
+        "/healthz" | "/healthz/" | "/readyz" | "/readyz/"
+    );
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    let max_header_bytes = req
+        .app_data::<web::Data<Limits>>()
+        .map(|l| l.max_header_bytes);
+    if max_header_bytes.is_some_and(|max| header_bytes > max) {
+        let response = ApiError::HeadersTooLarge.error_response();
+        let mut res = req.into_response(response).map_into_right_body();
+        attach(&mut res, &id);
+        record(&route, method.as_str(), res.status().as_u16(), started);
+        return Ok(res);
+    }
+    let slot = match req.app_data::<web::Data<Arc<Inflight>>>() {
+        Some(cap) if !probe => match cap.enter() {
+            Some(slot) => Some(slot),
+            None => {
+                metrics::counter!("connstatus_http_shed_total").increment(1);
+                let response = ApiError::Overloaded.error_response();
+                let mut res = req.into_response(response).map_into_right_body();
+                attach(&mut res, &id);
+                record(&route, method.as_str(), res.status().as_u16(), started);
+                return Ok(res);
+            }
+        },
+        _ => None,
+    };
+    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let mut res = next
+        .call(req)
+        .instrument(span.clone())
+        .await?
+        .map_into_left_body();
+    drop(slot);
+    attach(&mut res, &id);
+    let status = res.status().as_u16();
+    record(&route, method.as_str(), status, started);
+    span.in_scope(|| {
+        tracing::debug!(
+            status,
+            micros = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+    });
+    Ok(res)
+}
+
+fn attach<B>(res: &mut ServiceResponse<B>, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        res.headers_mut().insert(REQUEST_ID, value);
+    }
+}
+
+fn record(route: &str, method: &str, status: u16, started: Instant) {
+    metrics::counter!(
+        "connstatus_http_requests_total",
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("connstatus_http_request_duration_seconds", "route" => route.to_owned())
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_request_ids_are_kept() {
+        for good in ["abc", "0f8e-11ee.x:y_z", &"a".repeat(128)] {
+            assert_eq!(
+                sane(&HeaderValue::from_str(good).expect("header")),
+                Some(good)
+            );
+        }
+        for bad in ["", "a b", "a\\nb", "<script>", &"a".repeat(129), "é"] {
+            let Ok(value) = HeaderValue::from_str(bad) else {
+                continue;
+            };
+            assert_eq!(sane(&value), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_cap_admits_up_to_max_and_frees_on_drop() {
+        let cap = Inflight::new(2);
+        let a = cap.enter();
+        let b = cap.enter();
+        assert!(a.is_some() && b.is_some());
+        assert!(cap.enter().is_none(), "the third is refused");
+        drop(a);
+        assert!(cap.enter().is_some(), "a freed place is taken again");
+        drop(b);
+        assert_eq!(cap.now.load(Ordering::Relaxed), 0);
+    }
+}

@@ -1,0 +1,73 @@
+//! Prometheus metrics (`GET /metrics` on the admin listener).
+//!
+//! Counters and histograms are recorded through the `metrics` facade where
+//! things happen; gauges of pools and the breaker are sampled when scraped.
+//! Names:
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `connstatus_http_requests_total` | `route`, `method`, `status` | requests answered |
+//! | `connstatus_http_request_duration_seconds` | `route` | latency histogram |
+//! | `connstatus_http_shed_total` | | requests refused with 429 (in-flight cap) |
+//! | `connstatus_http_inflight` | | requests in flight now |
+//! | `connstatus_cache_lookups_total` | `result` = hit, miss, error | request-path cache reads, per entry asked |
+//! | `connstatus_cache_fills_total` | `result` = written, refused, error | fills (refused: Redis held the same or newer) |
+//! | `connstatus_cache_refresh_queued_total` | | refreshes queued because Redis did not answer |
+//! | `connstatus_redis_breaker_open` | | 1 while the request path skips Redis |
+//! | `connstatus_redis_errors_total` | | failed or timed-out request-path Redis calls |
+//! | `connstatus_mysql_errors_total` | | failed or timed-out MySQL calls |
+//! | `connstatus_mysql_pool_connections` | `state` = open, idle, waiting, max | the MySQL pool |
+//! | `connstatus_mysql_pool_wait_seconds` | | time to check a connection out (histogram) |
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Latency buckets, in seconds: 50 µs to 5 s.
+const BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// Installs the process-wide recorder once and returns its handle (`None`
+/// if another recorder was installed first, e.g. by an embedding program).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Counts a request-path cache read of `n` entries.
+pub fn cache_lookups(result: &'static str, n: u64) {
+    metrics::counter!("connstatus_cache_lookups_total", "result" => result).increment(n);
+}
+
+/// Counts fills: `written` of `total` landed, the rest were refused.
+pub fn cache_fills(written: u64, total: u64) {
+    metrics::counter!("connstatus_cache_fills_total", "result" => "written").increment(written);
+    metrics::counter!("connstatus_cache_fills_total", "result" => "refused")
+        .increment(total.saturating_sub(written));
+}
+
+/// Counts fills that failed.
+pub fn cache_fill_errors(total: u64) {
+    metrics::counter!("connstatus_cache_fills_total", "result" => "error").increment(total);
+}
+
+/// Counts refreshes queued because Redis did not answer.
+pub fn refresh_queued(n: u64) {
+    metrics::counter!("connstatus_cache_refresh_queued_total").increment(n);
+}
+
+/// Counts a failed or timed-out MySQL call.
+pub fn mysql_error() {
+    metrics::counter!("connstatus_mysql_errors_total").increment(1);
+}
