@@ -240,6 +240,19 @@ mod tests {
         assert_eq!(UserId::parse(&"1".repeat(40)), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn parse_agrees_with_the_definition(text in "\\PC{0,30}|[0-9]{1,30}|0{0,25}[1-9][0-9]{0,19}") {
+            let digits = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+            let value = text.trim_start_matches('0').parse::<u128>().ok();
+            let expected = match (digits, value) {
+                (true, Some(v)) if (1..=i64::MAX as u128).contains(&v) => UserId::new(v as u64),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(UserId::parse(&text), expected);
+        }
+    }
+
     #[test]
     fn pair_orders_its_members_and_refuses_a_user_with_themself() {
         let p = Pair::new(id(9), id(3)).expect("distinct");

@@ -227,6 +227,35 @@ mod tests {
         assert_eq!(rejected.status_for(me), Status::SentRequest);
     }
 
+    proptest::proptest! {
+        /// Whatever happened before, an action repeated at once is a no-op
+        /// or refused again, never a second change (so a gateway's retry is
+        /// safe), and no sequence of actions reaches a relation the contract
+        /// does not have.
+        #[test]
+        fn retries_are_harmless_and_every_reachable_state_is_valid(
+            steps in proptest::collection::vec((0usize..6, proptest::bool::ANY), 0..40)
+        ) {
+            let mut relation = Relation::None;
+            for (action, low) in steps {
+                let action = Action::ALL[action];
+                let actor = if low { Side::Low } else { Side::High };
+                let first = apply(relation, actor, action);
+                if let Outcome::Change(next) = first {
+                    relation = next;
+                }
+                let again = apply(relation, actor, action);
+                proptest::prop_assert!(
+                    !matches!(again, Outcome::Change(_)),
+                    "{action} twice by {actor:?}: {first:?} then {again:?}"
+                );
+                if let Relation::Pending { by, rejected: true } = relation {
+                    proptest::prop_assert_eq!(relation.status_for(by), Status::SentRequest);
+                }
+            }
+        }
+    }
+
     #[test]
     fn actions_parse_from_their_path_segment_only() {
         for action in Action::ALL {

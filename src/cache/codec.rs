@@ -264,6 +264,22 @@ mod tests {
         assert_eq!(decode::<Presence>(b"3:n"), None);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_version_and_value_round_trips(version in proptest::num::u64::ANY, code in 0usize..6) {
+            let v = Versioned { version, value: RELATIONS[code] };
+            proptest::prop_assert_eq!(decode::<Relation>(&encode(v)), Some(v));
+        }
+
+        #[test]
+        fn any_bytes_decode_to_a_value_or_nothing_and_never_panic(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..32)) {
+            if let Some(v) = decode::<Relation>(&raw) {
+                proptest::prop_assert_eq!(decode::<Relation>(&encode(v)), Some(v));
+            }
+            let _ = decode::<Presence>(&raw);
+        }
+    }
+
     #[test]
     fn keys_carry_the_prefix_and_the_ordered_pair() {
         let keys = Keys::new("cs:1:");

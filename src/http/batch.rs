@@ -11,6 +11,20 @@ use super::{body, AppState, Worker};
 use crate::domain::UserId;
 
 /// `{"users": [1, 7, 9]}` → `{"connection_statuses": {"1": null, "7": "connected", ...}}`.
+#[utoipa::path(
+    post,
+    path = "/api/v2/user/connection/statuses/",
+    request_body = super::openapi::BatchRequest,
+    responses(
+        (status = 200, description = "One status per distinct id", body = super::openapi::BatchBody),
+        (status = 400, description = "Not JSON, no users array, or not positive integers", body = super::openapi::Detail),
+        (status = 401, description = "No or bad credentials", body = super::openapi::Detail),
+        (status = 413, description = "Body too large", body = super::openapi::Detail),
+        (status = 415, description = "Not JSON", body = super::openapi::Detail),
+        (status = 429, description = "Too many requests in flight", body = super::openapi::Detail),
+        (status = 503, description = "MySQL needed and unavailable", body = super::openapi::Detail),
+    )
+)]
 /// Every distinct id is a key; ids of no existing user map to `null`.
 pub async fn post_statuses(
     req: HttpRequest,
@@ -49,7 +63,7 @@ pub async fn post_statuses(
 
 /// The distinct ids of `{"users": [...]}`, in first-seen order; the error
 /// says what is wrong.
-fn requested_ids(value: &Value, max: usize) -> Result<Vec<u64>, String> {
+pub fn requested_ids(value: &Value, max: usize) -> Result<Vec<u64>, String> {
     let Value::Object(fields) = value else {
         return Err("body: expected an object with a \"users\" array".into());
     };

@@ -28,6 +28,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", security(()), responses((status = 200, description = "Running", body = super::openapi::Health)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
 }
@@ -39,6 +40,10 @@ struct Readiness {
     redis: &'static str,
 }
 
+#[utoipa::path(get, path = "/readyz", security(()), responses(
+    (status = 200, description = "This instance can serve", body = super::openapi::Health),
+    (status = 503, description = "Shutting down, or neither MySQL nor Redis answers", body = super::openapi::Health),
+))]
 /// 200 while this instance can serve (MySQL or Redis answers), with each
 /// dependency's state; 503 while shutting down or when neither answers.
 pub async fn readyz(state: web::Data<AppState>, worker: web::Data<Worker>) -> HttpResponse {

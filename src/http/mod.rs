@@ -9,6 +9,7 @@ pub mod edge;
 pub mod errors;
 pub mod health;
 pub mod mutations;
+pub mod openapi;
 pub mod status;
 
 use std::sync::atomic::AtomicBool;
@@ -82,6 +83,11 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         ])
         .route(web::post().to(mutations::mutate))
         .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
+    );
+    cfg.service(
+        web::resource("/api/v2/openapi.json")
+            .route(web::get().to(openapi::document))
+            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
     );
     health::routes(cfg);
 }

@@ -11,6 +11,24 @@ use crate::db::writes::{self, MutationError};
 use crate::domain::{Pair, UserId};
 use crate::transitions::Action;
 
+#[utoipa::path(
+    post,
+    path = "/api/v2/user/{id}/connection/{action}/",
+    params(
+        ("id" = String, Path, description = "The other user: ASCII digits, 1 to 2^63-1", example = "2"),
+        ("action" = super::openapi::ActionValue, Path, description = "What the caller does"),
+    ),
+    responses(
+        (status = 200, description = "The caller's status after the action", body = super::openapi::StatusBody),
+        (status = 400, description = "The caller acted on themself", body = super::openapi::Detail),
+        (status = 401, description = "No or bad credentials", body = super::openapi::Detail),
+        (status = 403, description = "The caller's account is gone", body = super::openapi::Detail),
+        (status = 404, description = "No such user or action", body = super::openapi::Detail),
+        (status = 409, description = "The action makes no sense now", body = super::openapi::Detail),
+        (status = 429, description = "Too many requests in flight", body = super::openapi::Detail),
+        (status = 503, description = "MySQL unavailable", body = super::openapi::Detail),
+    )
+)]
 /// Applies an action of the caller towards user `{id}` and answers with the
 /// caller's status afterwards. MySQL commits first; then the cache is
 /// refreshed through the same hook external writers use. A cache that cannot

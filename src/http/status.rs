@@ -9,6 +9,18 @@ use super::Worker;
 use crate::domain::UserId;
 
 /// The caller's connection status with user `{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v2/user/{id}/connection_status/",
+    params(("id" = String, Path, description = "The other user: ASCII digits, 1 to 2^63-1", example = "2")),
+    responses(
+        (status = 200, description = "The status as the caller sees it", body = super::openapi::StatusBody),
+        (status = 401, description = "No or bad credentials", body = super::openapi::Detail),
+        (status = 404, description = "No such user, or a malformed id", body = super::openapi::Detail),
+        (status = 429, description = "Too many requests in flight", body = super::openapi::Detail),
+        (status = 503, description = "MySQL needed and unavailable", body = super::openapi::Detail),
+    )
+)]
 ///
 /// Authentication comes first (401 before 404, as the platform's endpoint
 /// does); an id that is not `1..=2^63-1` in ASCII digits is "not found".

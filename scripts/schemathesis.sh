@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Property-based API test: runs schemathesis (from PyPI, in a venv under
+# target/) against a live service on 127.0.0.1, driven by the service's own
+# OpenAPI document: no 5xx, and every response matches the schema. Bounded:
+# SCHEMATHESIS_EXAMPLES per operation (default 50), and the service it starts
+# is stopped on exit. Expects MariaDB and Redis up (scripts/services.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=target/st-venv
+if [ ! -x "$venv/bin/schemathesis" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet schemathesis==4.32.5
+fi
+cargo build --locked --quiet
+bin=target/debug/connstatus
+export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_schemathesis
+export CONNSTATUS_REDIS_PREFIX="schemathesis:$$:"
+export CONNSTATUS_BIND=127.0.0.1:0 CONNSTATUS_ADMIN_BIND=127.0.0.1:0 RUST_LOG=warn,connstatus::cli=info
+"$bin" seed --users 200 --connections 2000 --seed 7 --reset >/dev/null
+token=$("$bin" token --user 1 --ttl 1h)
+log=$(mktemp)
+"$bin" serve 2>"$log" &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; redis-cli --scan --pattern "${CONNSTATUS_REDIS_PREFIX}*" | xargs -r redis-cli unlink >/dev/null' EXIT
+for _ in $(seq 1 100); do
+  address=$(sed -n 's/.* listening on http:\/\/\([0-9.:]*\)$/\1/p' "$log" | head -1)
+  [ -n "$address" ] && break
+  sleep 0.1
+done
+[ -n "$address" ] || { cat "$log"; exit 1; }
+"$venv/bin/schemathesis" run "http://$address/api/v2/openapi.json" \
+  -H "Authorization: Bearer $token" \
+  --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
+  --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" --request-timeout 5 --seed 1 --no-color
