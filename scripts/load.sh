@@ -13,8 +13,15 @@
 # times `connstatus warm --all` on the seeded graph (an empty cache). The
 # table is also written to bench-results/load.txt.
 #
+# Each scenario runs LOAD_ROUNDS times, the rounds alternating between the
+# floors and connstatus, and the table shows the mean. Then a soak of
+# LOAD_SOAK seconds on cached pairs samples the service's resident memory
+# every 5 s (flat means: no growth beyond the first 10 s by more than 10%).
+# The targets of the performance work are checked and printed last.
+#
 # Knobs (environment): LOAD_USERS (100000), LOAD_PAIRS (1000000),
-# LOAD_DURATION (10s), LOAD_CONNS (64), LOAD_THREADS (2), LOAD_HOT (10000).
+# LOAD_DURATION (10s), LOAD_CONNS (64), LOAD_THREADS (2), LOAD_HOT (10000),
+# LOAD_ROUNDS (2), LOAD_SOAK (60).
 # Every request loop is bounded by LOAD_DURATION and every server it starts
 # is stopped on exit.
 set -euo pipefail
@@ -30,6 +37,8 @@ DURATION=${LOAD_DURATION:-10s}
 CONNS=${LOAD_CONNS:-64}
 THREADS=${LOAD_THREADS:-2}
 HOT=${LOAD_HOT:-10000}
+ROUNDS=${LOAD_ROUNDS:-2}
+SOAK=${LOAD_SOAK:-60}
 VIEWERS=256
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379
@@ -55,6 +64,7 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 CONNSTATUS_BIND=$APP CONNSTATUS_ADMIN_BIND=127.0.0.1:18189 "$bin" serve & pids+=($!)
+app_pid=$!
 FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}floor" "$floors" h "$FLOOR_H" & pids+=($!)
 "$floors" m "$FLOOR_M" & pids+=($!)
 redis-cli -h 127.0.0.1 set "${CONNSTATUS_REDIS_PREFIX}floor" "1:c" >/dev/null
@@ -84,28 +94,43 @@ drive warm "$FLOOR_H" /floor/2 fixed 2 2 2s >/dev/null
 drive warm "$FLOOR_M" '/floor/{id}' spread 1 "$USERS" 2s >/dev/null
 
 results=$(mktemp)
-{
+for round in $(seq 1 "$ROUNDS"); do
+  # Uncached pairs must be new in every round: each round takes its own
+  # band of targets.
+  band=$(( (USERS - VIEWERS) / ROUNDS ))
+  lo=$(( VIEWERS + 1 + (round - 1) * band ))
   drive floor-h "$FLOOR_H" /floor/2 fixed 2 2
   drive cached-one "$APP" "$status_path" fixed 2 2
   drive cached-many "$APP" "$status_path" spread 2 "$HOT"
   drive floor-m "$FLOOR_M" '/floor/{id}' spread 1 "$USERS"
-  drive uncached "$APP" "$status_path" uncached $((VIEWERS + 1)) "$USERS"
+  drive uncached "$APP" "$status_path" uncached "$lo" $(( lo + band - 1 ))
   WRK_BATCH=50 drive batch-50 "$APP" /api/v2/user/connection/statuses/ batch 2 "$HOT"
   WRK_BATCH=500 drive batch-500 "$APP" /api/v2/user/connection/statuses/ batch 2 "$HOT"
-} | tee "$results"
+done | tee "$results"
+
+# Soak: resident memory of the service every 5 s under cached load.
+rss_log=$(mktemp)
+( for _ in $(seq 1 $((SOAK / 5))); do sleep 5; ps -o rss= -p "$app_pid"; done >"$rss_log" ) &
+sampler=$!
+drive soak "$APP" "$status_path" spread 2 "$HOT" "${SOAK}s" >/dev/null
+wait "$sampler" || true
 
 mkdir -p bench-results
-python3 - "$results" "$THREADS" "$CONNS" "$DURATION" "$USERS" "$PAIRS" "$warm_line" <<'PY' | tee bench-results/load.txt
-import sys
-path, threads, conns, duration, users, pairs, warm = sys.argv[1:]
-rows = {}
+python3 - "$results" "$THREADS" "$CONNS" "$DURATION" "$USERS" "$PAIRS" "$warm_line" "$ROUNDS" "$rss_log" "$SOAK" <<'PY' | tee bench-results/load.txt
+import re, sys
+path, threads, conns, duration, users, pairs, warm, rounds, rss_path, soak = sys.argv[1:]
+runs = {}
 for line in open(path):
     name, rps, p50, p99, non2xx, errors = line.split()
-    rows[name] = dict(rps=float(rps), p50=int(p50), p99=int(p99), non2xx=int(non2xx), errors=int(errors))
+    runs.setdefault(name, []).append(dict(rps=float(rps), p50=int(p50), p99=int(p99), non2xx=int(non2xx), errors=int(errors)))
+mean = lambda xs: sum(xs) / len(xs)
+rows = {name: dict(rps=mean([r["rps"] for r in rs]), p50=int(mean([r["p50"] for r in rs])),
+                   p99=int(mean([r["p99"] for r in rs])), non2xx=sum(r["non2xx"] for r in rs),
+                   errors=sum(r["errors"] for r in rs)) for name, rs in runs.items()}
 floor = {"cached-one": "floor-h", "cached-many": "floor-h", "uncached": "floor-m",
          "batch-50": "floor-h", "batch-500": "floor-h"}
 print(f"connstatus warm --all, empty cache: {warm.removeprefix('warm: ')}")
-print(f"wrk -t{threads} -c{conns} -d{duration}, 127.0.0.1, {users} users / {pairs} pairs seeded")
+print(f"wrk -t{threads} -c{conns} -d{duration}, 127.0.0.1, {users} users / {pairs} pairs seeded, mean of {rounds} alternating rounds")
 print(f"{'scenario':<12} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'non-2xx':>8}  vs floor")
 for name, r in rows.items():
     vs = ""
@@ -116,4 +141,27 @@ for name, r in rows.items():
 for name, ids in (("batch-50", 50), ("batch-500", 500)):
     if name in rows:
         print(f"{name}: {rows[name]['rps'] * ids:.0f} statuses/s")
+rss = [int(x) for x in open(rss_path).read().split()]
+growth = None
+if len(rss) >= 3:
+    base = rss[1]  # the sample at 10 s
+    growth = (max(rss[2:]) - base) / base
+    print(f"soak {soak}s on cached pairs: RSS every 5 s (KiB): {' '.join(map(str, rss))}; growth after 10 s: {growth * 100:+.1f}%")
+m = re.search(r"in ([0-9.]+)s", warm)
+pairs_s = int(pairs) / float(m.group(1)) if m else 0
+f = lambda a, b: rows[a]["rps"] / rows[b]["rps"] if a in rows and b in rows else 0
+p99 = lambda a, b: rows[a]["p99"] / max(rows[b]["p99"], 1) if a in rows and b in rows else 99
+targets = [  # (what, measured, bound, "at least" or "at most")
+    ("cached GET req/s / floor H", f("cached-many", "floor-h"), 0.85, "at least"),
+    ("cached GET p99 / floor H p99", p99("cached-many", "floor-h"), 1.5, "at most"),
+    ("uncached GET req/s / floor M", f("uncached", "floor-m"), 0.75, "at least"),
+    ("batch of 50 req/s / floor H", f("batch-50", "floor-h"), 0.5, "at least"),
+    ("warm pairs/s", pairs_s, 100000, "at least"),
+]
+if growth is not None:
+    targets.append(("RSS growth after 10 s", growth, 0.10, "at most"))
+print("targets:")
+for label, got, bound, kind in targets:
+    ok = got >= bound if kind == "at least" else got <= bound
+    print(f"  {'met ' if ok else 'MISS'} {label}: {got:.2f}, {kind} {bound}")
 PY

@@ -35,6 +35,62 @@ pub enum AuthError {
     Invalid,
 }
 
+/// A token that passed every check: who it names, and until when (Unix
+/// seconds) that holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The caller.
+    pub user: UserId,
+    /// `exp` plus the leeway: after this the token is refused.
+    pub valid_until: i64,
+}
+
+/// Tokens verified recently, so that a client sending the same token on
+/// every request pays the signature check once (HS256 ~1.4 µs, RS256 ~23 µs,
+/// ES256 ~56 µs), never past the token's `exp`. Keyed by the whole token, so
+/// only the exact string that was verified is answered from here. Bounded:
+/// when full it starts over. One per worker thread, so no lock.
+#[derive(Debug)]
+pub struct TokenCache {
+    map: std::collections::HashMap<Box<str>, Verified>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    /// A cache of at most `capacity` tokens (0: no caching).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: std::collections::HashMap::with_capacity(capacity.min(1024)),
+            capacity,
+        }
+    }
+
+    /// [`Verifier::authenticate`], answered from the cache when it can be.
+    pub fn authenticate(
+        &mut self,
+        verifier: &Verifier,
+        header: Option<&[u8]>,
+    ) -> Result<UserId, AuthError> {
+        let header = header.ok_or(AuthError::Missing)?;
+        let token = bearer_token(header).ok_or(AuthError::Missing)?;
+        let now = chrono::Utc::now().timestamp();
+        if let Some(hit) = self.map.get(token) {
+            if now <= hit.valid_until {
+                return Ok(hit.user);
+            }
+            self.map.remove(token);
+        }
+        let verified = verifier.verify_until(token)?;
+        if self.capacity > 0 {
+            if self.map.len() >= self.capacity {
+                self.map.clear();
+            }
+            self.map.insert(token.into(), verified);
+        }
+        Ok(verified.user)
+    }
+}
+
 /// Timestamps beyond year 9999 are refused before chrono sees them (biscuit's
 /// `Timestamp::from` panics on values chrono cannot represent).
 const MAX_TIMESTAMP: i64 = 253_402_300_799;
@@ -135,6 +191,12 @@ impl Verifier {
 
     /// Verifies a compact JWS and returns the user it names.
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        self.verify_until(token).map(|v| v.user)
+    }
+
+    /// Verifies a compact JWS: the user it names, and until when (Unix
+    /// seconds, leeway included) that answer holds.
+    pub fn verify_until(&self, token: &str) -> Result<Verified, AuthError> {
         // A JWS compact token is three base64url parts; refuse anything else
         // before doing any work on it.
         if token.is_empty() || token.len() > 8192 || token.split('.').count() != 3 {
@@ -144,10 +206,17 @@ impl Verifier {
             .decode(&self.secret, self.algorithm)
             .map_err(|_| AuthError::Invalid)?;
         let claims = decoded.payload().map_err(|_| AuthError::Invalid)?;
-        self.registered(claims)?
+        let registered = self.registered(claims)?;
+        registered
             .validate(self.validation())
             .map_err(|_| AuthError::Invalid)?;
-        user_from_claim(claims.rest.get(&self.user_claim)).ok_or(AuthError::Invalid)
+        let user = user_from_claim(claims.rest.get(&self.user_claim)).ok_or(AuthError::Invalid)?;
+        // `exp` is required, so present here.
+        let exp = registered.expiry.map_or(0, |t| t.timestamp());
+        Ok(Verified {
+            user,
+            valid_until: exp.saturating_add(self.leeway.num_seconds()),
+        })
     }
 
     fn validation(&self) -> ValidationOptions {
@@ -329,6 +398,70 @@ mod tests {
             assert_eq!(user_from_claim(Some(&bad)), None, "{bad}");
         }
         assert_eq!(user_from_claim(None), None);
+    }
+
+    fn hs256_verifier() -> Verifier {
+        let settings = crate::config::Settings::from_figment(crate::config::Settings::figment(
+            "config", "test",
+        ))
+        .expect("settings");
+        Verifier::from_settings(&settings.jwt).expect("verifier")
+    }
+
+    fn token(user: u64, ttl_secs: u64) -> String {
+        mint_hs256(
+            crate::config::DEV_JWT_SECRET.as_bytes(),
+            "sub",
+            UserId::new(user).expect("id"),
+            std::time::Duration::from_secs(ttl_secs),
+            None,
+            None,
+        )
+        .expect("mint")
+    }
+
+    #[test]
+    fn the_token_cache_answers_as_the_verifier_does_and_stays_bounded() {
+        let verifier = hs256_verifier();
+        let mut cache = TokenCache::new(2);
+        let (a, b, c) = (token(1, 60), token(2, 60), token(3, 60));
+        for t in [&a, &a, &b, &c, &a] {
+            let header = format!("Bearer {t}");
+            assert_eq!(
+                cache.authenticate(&verifier, Some(header.as_bytes())),
+                verifier.verify(t)
+            );
+            assert!(cache.map.len() <= 2);
+        }
+        assert_eq!(cache.authenticate(&verifier, None), Err(AuthError::Missing));
+        assert_eq!(
+            cache.authenticate(&verifier, Some(b"Bearer x.y.z")),
+            Err(AuthError::Invalid)
+        );
+        assert!(!cache.map.contains_key("x.y.z"), "failures are not cached");
+    }
+
+    #[test]
+    fn a_cached_token_is_refused_once_it_expires() {
+        let verifier = hs256_verifier();
+        let mut cache = TokenCache::new(10);
+        let t = token(1, 60);
+        let header = format!("Bearer {t}");
+        assert!(cache
+            .authenticate(&verifier, Some(header.as_bytes()))
+            .is_ok());
+        // Pretend the clock passed exp + leeway.
+        let entry = cache.map.get_mut(t.as_str()).expect("cached");
+        entry.valid_until = chrono::Utc::now().timestamp() - 1;
+        // Re-verified: still valid by its real exp, so accepted and re-cached
+        // with its real deadline; an entry is never trusted past its deadline.
+        assert!(cache
+            .authenticate(&verifier, Some(header.as_bytes()))
+            .is_ok());
+        assert!(
+            cache.map.get(t.as_str()).expect("re-cached").valid_until
+                > chrono::Utc::now().timestamp()
+        );
     }
 
     #[test]

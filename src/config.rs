@@ -101,6 +101,9 @@ pub struct JwtSettings {
     pub jwt_audience: Option<String>,
     /// `CONNSTATUS_JWT_LEEWAY_SECONDS`: clock leeway for `exp`/`nbf`/`iat`.
     pub jwt_leeway_seconds: u64,
+    /// `CONNSTATUS_JWT_CACHE_SIZE`: verified tokens remembered per worker
+    /// (0: verify every request).
+    pub jwt_cache_size: usize,
     /// `CONNSTATUS_JWT_USER_CLAIM`: the claim that holds the caller's id.
     #[serde(deserialize_with = "lenient_string")]
     pub jwt_user_claim: String,

@@ -18,6 +18,7 @@
 //! | `connstatus_mysql_errors_total` | | failed or timed-out MySQL calls |
 //! | `connstatus_mysql_pool_connections` | `state` = open, idle, waiting, max | the MySQL pool |
 //! | `connstatus_mysql_pool_wait_seconds` | | time to check a connection out (histogram) |
+//! | `connstatus_redis_pool_connections` | `state` = open, idle, waiting, max | the batch (warm) Redis pool |
 
 use std::sync::OnceLock;
 

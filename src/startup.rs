@@ -56,6 +56,7 @@ impl Application {
         let cache_settings = settings.cache.clone();
         let db_timeout = settings.mysql_timeout();
         let tuning = warm::Tuning::default();
+        let token_cache_size = settings.jwt.jwt_cache_size;
         let warm_redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
             .map_err(anyhow::Error::msg)?;
         // Runs once per worker, on the worker's thread: the worker's Redis
@@ -72,6 +73,7 @@ impl Application {
                 statuses: StatusService::new(cache.clone(), pool.clone(), db_timeout),
                 hooks: Hooks::new(cache, pool.clone(), db_timeout),
                 warmer,
+                tokens: std::cell::RefCell::new(crate::auth::TokenCache::new(token_cache_size)),
                 db_timeout,
             })
         };

@@ -129,6 +129,12 @@ impl Warmer {
         }
     }
 
+    /// The batch Redis pool's use (the request path has no pool: one
+    /// multiplexed connection per worker).
+    pub fn redis_status(&self) -> deadpool::Status {
+        self.redis.status()
+    }
+
     /// A pool of `size` Redis connections for batch work.
     pub fn redis_pool(
         url: &secrecy::SecretString,

@@ -53,6 +53,15 @@ async fn get_metrics(state: web::Data<AppState>, worker: web::Data<Worker>) -> H
     ] {
         metrics::gauge!("connstatus_mysql_pool_connections", "state" => kind).set(value as f64);
     }
+    let redis = worker.warmer.redis_status();
+    for (kind, value) in [
+        ("open", redis.size),
+        ("idle", redis.available),
+        ("waiting", redis.waiting),
+        ("max", redis.max_size),
+    ] {
+        metrics::gauge!("connstatus_redis_pool_connections", "state" => kind).set(value as f64);
+    }
     let open = if crate::cache::any_breaker_open() {
         1.0
     } else {

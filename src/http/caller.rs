@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 
 use super::errors::ApiError;
-use super::AppState;
+use super::{AppState, Worker};
 use crate::domain::UserId;
 
 /// The user a valid token names.
@@ -29,12 +29,13 @@ impl FromRequest for Caller {
             .headers()
             .get(header::AUTHORIZATION)
             .map(|v| v.as_bytes());
-        ready(
-            state
-                .verifier
-                .authenticate(header)
-                .map(Caller)
-                .map_err(ApiError::from),
-        )
+        let result = match req.app_data::<web::Data<Worker>>() {
+            Some(worker) => worker
+                .tokens
+                .borrow_mut()
+                .authenticate(&state.verifier, header),
+            None => state.verifier.authenticate(header),
+        };
+        ready(result.map(Caller).map_err(ApiError::from))
     }
 }

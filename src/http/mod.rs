@@ -52,6 +52,8 @@ pub struct Worker {
     pub hooks: Hooks,
     /// The warming job, for `POST /internal/v1/cache/warm`.
     pub warmer: Warmer,
+    /// Tokens this worker verified recently.
+    pub tokens: std::cell::RefCell<crate::auth::TokenCache>,
     /// The most a MySQL call may take.
     pub db_timeout: Duration,
 }

@@ -128,6 +128,7 @@ async fn metrics_count_requests_cache_and_pools() {
         r#"connstatus_cache_lookups_total{result="miss"} 1"#,
         r#"connstatus_cache_fills_total{result="written"} 2"#,
         r#"connstatus_mysql_pool_connections{state="max"} 16"#,
+        r#"connstatus_redis_pool_connections{state="max"} 4"#,
         "connstatus_mysql_pool_wait_seconds_bucket",
         "connstatus_redis_breaker_open 0",
         "connstatus_http_inflight",
