@@ -47,9 +47,6 @@ pub enum CacheError {
     /// Redis answered with an error, or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    /// The call took longer than the configured timeout.
-    #[error("redis call timed out")]
-    Timeout,
     /// The breaker is open after a recent failure; Redis was not asked.
     #[error("redis skipped: circuit breaker open")]
     Open,
@@ -83,7 +80,6 @@ pub struct Cache {
     keys: Keys,
     conn: ConnectionManager,
     fill_script: Script,
-    timeout: Duration,
     ttl_seconds: u64,
     breaker_ms: u64,
     /// Milliseconds since `epoch` until which the breaker is open.
@@ -125,7 +121,6 @@ impl Cache {
             keys: Keys::new(&settings.redis_prefix),
             conn,
             fill_script: Script::new(FILL_SCRIPT),
-            timeout,
             ttl_seconds: settings.cache_ttl_seconds,
             breaker_ms: settings.redis_breaker_ms,
             open_until_ms: AtomicU64::new(0),
@@ -287,7 +282,8 @@ impl Cache {
         self.ttl_seconds - spread + rand::random_range(0..=2 * spread)
     }
 
-    /// Runs a Redis call under the breaker and the timeout; a failure opens
+    /// Runs a Redis call under the breaker (the timeouts are the connection's);
+    /// a failure opens
     /// the breaker.
     async fn guarded<T>(
         &self,
@@ -296,11 +292,10 @@ impl Cache {
         if self.breaker_open() {
             return Err(CacheError::Open);
         }
-        let result = match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(CacheError::Redis(e)),
-            Err(_) => Err(CacheError::Timeout),
-        };
+        // The connection manager's own connection and response timeouts
+        // (CONNSTATUS_REDIS_TIMEOUT_MS) bound the call; a second timer here
+        // would cost every request a timer registration for nothing.
+        let result = call.await.map_err(CacheError::Redis);
         if result.is_err() {
             self.open_until_ms
                 .store(self.now_ms() + self.breaker_ms, Ordering::Relaxed);

@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 use super::errors::ApiError;
-use super::{body, health, method_not_allowed, AppState, Worker};
+use super::{body, endpoint, health, AppState, Worker};
 use crate::auth::AuthError;
 use crate::domain::UserId;
 use crate::events::{self, Notice};
@@ -19,21 +19,9 @@ use crate::warm::{Progress, Scope};
 
 /// Registers the admin routes.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource(["/internal/v1/events", "/internal/v1/events/"])
-            .route(web::post().to(post_events))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
-    );
-    cfg.service(
-        web::resource(["/internal/v1/cache/warm", "/internal/v1/cache/warm/"])
-            .route(web::post().to(post_warm))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "POST"))),
-    );
-    cfg.service(
-        web::resource("/metrics")
-            .route(web::get().to(get_metrics))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
-    );
+    cfg.service(endpoint("/internal/v1/events", Method::POST, post_events))
+        .service(endpoint("/internal/v1/cache/warm", Method::POST, post_warm))
+        .service(endpoint("/metrics", Method::GET, get_metrics));
     health::routes(cfg);
 }
 

@@ -7,9 +7,14 @@ use std::time::Instant;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, ResponseError};
+use metrics::{Counter, Histogram};
 use tracing::Instrument;
 
 use super::errors::ApiError;
@@ -81,18 +86,8 @@ pub async fn edge(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, Error> {
     let started = Instant::now();
-    let id = match req.headers().get(REQUEST_ID).and_then(sane) {
-        Some(id) => id.to_owned(),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
-    let route = req
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().clone();
-    let probe = matches!(
-        req.path(),
-        "/healthz" | "/healthz/" | "/readyz" | "/readyz/"
-    );
+    let id = request_id(&req);
+    let method = method_label(req.method());
     let header_bytes: usize = req
         .headers()
         .iter()
@@ -102,36 +97,37 @@ pub async fn edge(
         .app_data::<web::Data<Limits>>()
         .map(|l| l.max_header_bytes);
     if max_header_bytes.is_some_and(|max| header_bytes > max) {
-        let response = ApiError::HeadersTooLarge.error_response();
-        let mut res = req.into_response(response).map_into_right_body();
-        attach(&mut res, &id);
-        record(&route, method.as_str(), res.status().as_u16(), started);
-        return Ok(res);
+        return Ok(refuse(req, ApiError::HeadersTooLarge, id, method, started));
     }
+    let probe = matches!(
+        req.path(),
+        "/healthz" | "/healthz/" | "/readyz" | "/readyz/"
+    );
     let slot = match req.app_data::<web::Data<Arc<Inflight>>>() {
         Some(cap) if !probe => match cap.enter() {
             Some(slot) => Some(slot),
             None => {
                 metrics::counter!("connstatus_http_shed_total").increment(1);
-                let response = ApiError::Overloaded.error_response();
-                let mut res = req.into_response(response).map_into_right_body();
-                attach(&mut res, &id);
-                record(&route, method.as_str(), res.status().as_u16(), started);
-                return Ok(res);
+                return Ok(refuse(req, ApiError::Overloaded, id, method, started));
             }
         },
         _ => None,
     };
-    let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
+    let span = tracing::info_span!(
+        "request",
+        request_id = id.to_str().unwrap_or(""),
+        method,
+        path = %req.path()
+    );
     let mut res = next
         .call(req)
         .instrument(span.clone())
         .await?
         .map_into_left_body();
     drop(slot);
-    attach(&mut res, &id);
     let status = res.status().as_u16();
-    record(&route, method.as_str(), status, started);
+    record(route_of(res.request()), method, status, started);
+    res.headers_mut().insert(REQUEST_ID, id);
     span.in_scope(|| {
         tracing::debug!(
             status,
@@ -142,22 +138,87 @@ pub async fn edge(
     Ok(res)
 }
 
-fn attach<B>(res: &mut ServiceResponse<B>, id: &str) {
-    if let Ok(value) = HeaderValue::from_str(id) {
-        res.headers_mut().insert(REQUEST_ID, value);
+/// Answers `error` without running the handler.
+fn refuse<B>(
+    req: ServiceRequest,
+    error: ApiError,
+    id: HeaderValue,
+    method: &'static str,
+    started: Instant,
+) -> ServiceResponse<EitherBody<B>> {
+    let response = error.error_response();
+    let mut res = req.into_response(response).map_into_right_body();
+    record(
+        route_of(res.request()),
+        method,
+        res.status().as_u16(),
+        started,
+    );
+    res.headers_mut().insert(REQUEST_ID, id);
+    res
+}
+
+/// The gateway's id when sane, else a new UUID; built without a String.
+fn request_id(req: &ServiceRequest) -> HeaderValue {
+    if let Some(value) = req.headers().get(REQUEST_ID).filter(|v| sane(v).is_some()) {
+        return value.clone();
+    }
+    let mut buf = uuid::Uuid::encode_buffer();
+    let text = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(text).unwrap_or(HeaderValue::from_static("-"))
+}
+
+/// The method as a metrics label; anything unusual is `OTHER`, so that no
+/// client can make up label values.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
     }
 }
 
-fn record(route: &str, method: &str, status: u16, started: Instant) {
-    metrics::counter!(
-        "connstatus_http_requests_total",
-        "route" => route.to_owned(),
-        "method" => method.to_owned(),
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!("connstatus_http_request_duration_seconds", "route" => route.to_owned())
-        .record(started.elapsed().as_secs_f64());
+/// The route label of a request: its resource's pattern (a label per route,
+/// not per id), or `unmatched`.
+fn route_of(req: &actix_web::HttpRequest) -> &'static str {
+    req.app_data::<super::RouteLabel>()
+        .map_or("unmatched", |r| r.0)
+}
+
+/// Metric handles by (route pattern's address, method, status).
+type Handles = HashMap<(usize, &'static str, u16), (Counter, Histogram)>;
+
+thread_local! {
+    /// This worker's metric handles per (route, method, status): looking a
+    /// handle up in the global registry hashes and compares its labels, and
+    /// this runs on every request.
+    static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+}
+
+fn record(route: &'static str, method: &'static str, status: u16, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64();
+    HANDLES.with_borrow_mut(|handles| {
+        let (counter, histogram) = handles
+            .entry((route.as_ptr() as usize, method, status))
+            .or_insert_with(|| {
+                (
+                    metrics::counter!(
+                        "connstatus_http_requests_total",
+                        "route" => route,
+                        "method" => method,
+                        "status" => status.to_string()
+                    ),
+                    metrics::histogram!("connstatus_http_request_duration_seconds", "route" => route),
+                )
+            });
+        counter.increment(1);
+        histogram.record(elapsed);
+    });
 }
 
 #[cfg(test)]

@@ -4,10 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use super::{method_not_allowed, AppState, Worker};
+use super::{endpoint, AppState, Worker};
 use crate::status::StatusService;
 
 /// How long a readiness probe waits for each dependency.
@@ -15,16 +16,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Registers `/healthz` and `/readyz` (both listeners serve them).
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource(["/healthz", "/healthz/"])
-            .route(web::get().to(healthz))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
-    )
-    .service(
-        web::resource(["/readyz", "/readyz/"])
-            .route(web::get().to(readyz))
-            .default_service(web::to(|req: HttpRequest| method_not_allowed(req, "GET"))),
-    );
+    cfg.service(endpoint("/healthz", Method::GET, healthz))
+        .service(endpoint("/readyz", Method::GET, readyz));
 }
 
 /// 200 while the process runs.
