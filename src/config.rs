@@ -76,6 +76,9 @@ pub struct Settings {
     pub max_events: usize,
     /// `CONNSTATUS_MAX_BATCH_IDS`: the most distinct ids in one batch.
     pub max_batch_ids: usize,
+    /// `CONNSTATUS_METRICS_UPKEEP_MS`: how often recorded histogram samples
+    /// are folded into their buckets (they are held in memory until then).
+    pub metrics_upkeep_ms: u64,
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
     /// retried (and how old one must be to be retried).
     pub refresh_retry_ms: u64,
@@ -200,6 +203,7 @@ impl Settings {
             ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
             ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
             ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),
+            ("CONNSTATUS_METRICS_UPKEEP_MS", self.metrics_upkeep_ms),
         ] {
             if value == 0 {
                 return fail(format!("{name}: must be greater than 0"));

@@ -19,6 +19,7 @@
 //! | `connstatus_mysql_pool_connections` | `state` = open, idle, waiting, max | the MySQL pool |
 //! | `connstatus_mysql_pool_wait_seconds` | | time to check a connection out (histogram) |
 //! | `connstatus_redis_pool_connections` | `state` = open, idle, waiting, max | the batch (warm) Redis pool |
+//! | `connstatus_metrics_upkeep_total` | | runs of the histogram upkeep (see [`upkeep_forever`]) |
 
 use std::sync::OnceLock;
 
@@ -44,6 +45,20 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .ok()
         })
         .as_ref()
+}
+
+/// Folds recorded histogram samples into their buckets every `every`, until
+/// the process ends. The recorder keeps every sample until then: without
+/// this (and without a scraper calling `/metrics`), memory grows with every
+/// request — the load benchmark's soak measured +48% RSS in 60 s.
+pub async fn upkeep_forever(every: std::time::Duration) {
+    let Some(handle) = handle() else { return };
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        handle.run_upkeep();
+        metrics::counter!("connstatus_metrics_upkeep_total").increment(1);
+    }
 }
 
 /// Counts a request-path cache read of `n` entries.

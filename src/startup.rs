@@ -90,6 +90,9 @@ impl Application {
             n => n,
         };
         crate::metrics::handle();
+        tokio::spawn(crate::metrics::upkeep_forever(Duration::from_millis(
+            settings.metrics_upkeep_ms,
+        )));
         let inflight = web::Data::new(state.inflight.clone());
         let limits = web::Data::new(Limits {
             max_header_bytes: settings.max_header_bytes,
