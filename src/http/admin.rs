@@ -32,24 +32,14 @@ async fn get_metrics(state: web::Data<AppState>, worker: web::Data<Worker>) -> H
     let Some(handle) = crate::metrics::handle() else {
         return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable\n");
     };
-    let pool = worker.hooks.db().status();
-    for (kind, value) in [
-        ("open", pool.size),
-        ("idle", pool.available),
-        ("waiting", pool.waiting),
-        ("max", pool.max_size),
-    ] {
-        metrics::gauge!("connstatus_mysql_pool_connections", "state" => kind).set(value as f64);
-    }
-    let redis = worker.warmer.redis_status();
-    for (kind, value) in [
-        ("open", redis.size),
-        ("idle", redis.available),
-        ("waiting", redis.waiting),
-        ("max", redis.max_size),
-    ] {
-        metrics::gauge!("connstatus_redis_pool_connections", "state" => kind).set(value as f64);
-    }
+    pool_gauges(
+        "connstatus_mysql_pool_connections",
+        worker.hooks.db().status(),
+    );
+    pool_gauges(
+        "connstatus_redis_pool_connections",
+        worker.warmer.redis_status(),
+    );
     let open = if crate::cache::any_breaker_open() {
         1.0
     } else {
@@ -60,6 +50,18 @@ async fn get_metrics(state: web::Data<AppState>, worker: web::Data<Worker>) -> H
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(handle.render())
+}
+
+/// A pool's use as gauges: open, idle, waiting, max.
+fn pool_gauges(name: &'static str, status: deadpool::Status) {
+    for (state, value) in [
+        ("open", status.size),
+        ("idle", status.available),
+        ("waiting", status.waiting),
+        ("max", status.max_size),
+    ] {
+        metrics::gauge!(name, "state" => state).set(value as f64);
+    }
 }
 
 /// The most users one warm request may name (each may have many pairs).

@@ -30,6 +30,24 @@ fn connstatus(store: &Isolated) -> Command {
     command
 }
 
+/// Starts `connstatus serve` and waits for the public address it logs.
+fn serve(command: &mut Command) -> (std::process::Child, String) {
+    let mut child = command.stderr(Stdio::piped()).spawn().expect("start serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let _ = tx.send(rest.trim().to_owned());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve reports its address");
+    (child, address)
+}
+
 fn output(command: &mut Command) -> (i32, String, String) {
     let out = command.output().expect("run connstatus");
     (
@@ -64,23 +82,7 @@ async fn serve_token_and_a_request_work_from_the_binary_and_sigterm_exits_zero()
         output(connstatus(&store).args(["token", "--user", "1", "--ttl", "10m"]));
     assert_eq!(code, 0);
 
-    let mut child = connstatus(&store)
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    let address = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("serve reports its address");
+    let (mut child, address) = serve(connstatus(&store).arg("serve"));
 
     let response = reqwest::Client::new()
         .get(format!(
@@ -264,26 +266,13 @@ async fn sigterm_turns_readiness_503_drains_finishes_in_flight_work_and_exits_ze
         .await;
     let (_, token, _) = output(connstatus(&store).args(["token", "--user", "1"]));
     let token = token.trim().to_owned();
-    let mut child = connstatus(&store)
-        .env("CONNSTATUS_DRAIN_SECONDS", "2")
-        .env("CONNSTATUS_GRACE_SECONDS", "10")
-        .env("CONNSTATUS_MYSQL_TIMEOUT_MS", "8000")
-        .arg("serve")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    let public = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("public address");
+    let (mut child, public) = serve(
+        connstatus(&store)
+            .env("CONNSTATUS_DRAIN_SECONDS", "2")
+            .env("CONNSTATUS_GRACE_SECONDS", "10")
+            .env("CONNSTATUS_MYSQL_TIMEOUT_MS", "8000")
+            .arg("serve"),
+    );
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
