@@ -6,9 +6,12 @@
 # is stopped on exit. Expects MariaDB and Redis up (scripts/services.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/services.sh
 venv=target/st-venv
 if [ ! -x "$venv/bin/schemathesis" ]; then
-  python3 -m venv "$venv"
+  ensure_tool python3 python3
+  # Debian splits venv support into its own package.
+  python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv"; cs_apt_install python3-venv; python3 -m venv "$venv"; }
   "$venv/bin/pip" install --quiet schemathesis==4.32.5
 fi
 cargo build --locked --quiet
