@@ -49,13 +49,7 @@ pub async fn snapshot(
         .filter(users::id.eq(target.get()))
         .select((
             (users::version, users::deleted_at.is_null()),
-            (
-                user_connections::state,
-                user_connections::requested_by,
-                user_connections::rejected_at.is_not_null(),
-                user_connections::version,
-            )
-                .nullable(),
+            pair_columns().nullable(),
         ))
         .first(conn)
         .await

@@ -76,8 +76,7 @@ async fn post_warm(
     state: web::Data<AppState>,
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let value = body::json(&req, payload, state.max_body_bytes).await?;
+    let value = authorized_json(&req, payload, &state).await?;
     let users = user_list(&value, "users", MAX_WARM_USERS, true)?;
     let with = user_list(&value, "with", state.max_batch_ids, false)?;
     let progress = Progress::default();
@@ -145,6 +144,16 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     }
 }
 
+/// The body of an `/internal/*` request, once its token is checked.
+async fn authorized_json(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+) -> Result<serde_json::Value, ApiError> {
+    authorize(req, state)?;
+    body::json(req, payload, state.max_body_bytes).await
+}
+
 /// `POST /internal/v1/events`: one event or an array, in the platform's
 /// webhook shape. Everything is checked before anything is done; then each
 /// distinct pair or user is re-read from MySQL and refreshed in the cache.
@@ -154,8 +163,7 @@ async fn post_events(
     state: web::Data<AppState>,
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state)?;
-    let value = body::json(&req, payload, state.max_body_bytes).await?;
+    let value = authorized_json(&req, payload, &state).await?;
     let notices = events::parse(&value, state.max_events).map_err(ApiError::BadRequest)?;
     let ignored = notices.iter().filter(|n| **n == Notice::Ignored).count();
     let processed = notices.len() - ignored;

@@ -380,20 +380,7 @@ impl PrivateRedis {
     /// Starts it and waits until it answers.
     pub async fn start() -> Self {
         let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh installs it)");
+        let child = spawn_redis(port);
         let redis = Self { port, child };
         for _ in 0..100 {
             if redis.command(&["PING"]).await.is_ok() {
@@ -435,6 +422,24 @@ impl Drop for PrivateRedis {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A `redis-server` on `port` that keeps nothing on disk.
+fn spawn_redis(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is installed (scripts/services.sh installs it)")
 }
 
 /// A port nothing listens on right now.
@@ -546,20 +551,7 @@ impl PrivateRedis {
     /// Starts a new server on the same port (empty: it keeps nothing).
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server");
+        self.child = spawn_redis(self.port);
         for _ in 0..100 {
             if self.command(&["PING"]).await.is_ok() {
                 return;
