@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cache::codec::{Presence, Versioned};
-use crate::cache::{Cache, Fill};
+use crate::cache::{Cache, Cached, Fill};
 use crate::db::{self, Pool};
 use crate::domain::{Pair, Relation, Status, UserId};
-use crate::metrics;
+use crate::metrics::{self, Lookup};
 
 /// Misses read from MySQL per query in a batch.
 const MISS_CHUNK: usize = 500;
@@ -83,15 +83,29 @@ impl StatusService {
     /// who does not exist or is deleted.
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
         let pair = Pair::new(viewer, target);
-        match self.cache.lookup(target, pair).await {
+        let cached = match self.cache.lookup(target, pair).await {
             Ok(cached) => {
                 if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
-                    metrics::cache_lookups("hit", 1);
+                    metrics::cache_lookups(Lookup::Hit, 1);
                     return known;
                 }
-                metrics::cache_lookups("miss", 1);
+                metrics::cache_lookups(Lookup::Miss, 1);
+                cached
             }
-            Err(_) => metrics::cache_lookups("error", 1),
+            Err(_) => {
+                metrics::cache_lookups(Lookup::Error, 1);
+                Cached::default()
+            }
+        };
+        // The user is known to exist (else the cache had answered) and only
+        // the pair is missing: one primary-key select of the pair, no join.
+        if let (Some(user), Some(pair)) = (cached.user, pair) {
+            let relation = self
+                .bounded(async |conn| db::reads::pair(conn, pair).await)
+                .await?;
+            self.fill(&[Fill::Pair(pair, relation)], cached.foreign)
+                .await;
+            return answer(viewer, target, Some(user), Some(relation)).unwrap_or(Ok(Status::Null));
         }
         let snapshot = self.read(target, pair).await?;
         let mut fills = vec![Fill::User(target, snapshot.user)];
@@ -100,37 +114,46 @@ impl StatusService {
         }
         // A refused or failed fill changes nothing about this answer: the
         // cache either holds something newer or will be filled next time.
-        self.fill(&fills).await;
+        self.fill(&fills, cached.foreign).await;
         answer(viewer, target, Some(snapshot.user), snapshot.pair).unwrap_or(Ok(Status::Null))
     }
 
     /// For a batch: the status of each of `targets` (distinct) as `viewer`
-    /// sees it, `Null` for users that do not exist. One `MGET` for all; the
-    /// misses in one MySQL query per chunk, filled back in one script call
-    /// per chunk.
+    /// sees it, `Null` for users that do not exist.
+    ///
+    /// In a batch a missing user and "no relation" read alike (`null`), so
+    /// the user entries are needed only where a relation is cached: one
+    /// `MGET` of the pairs, then one of the users behind cached relations
+    /// (in a feed most pairs have none, so about one key per id instead of
+    /// two: Redis, single-threaded, is what bounds a batch). The misses are
+    /// read from MySQL in one query per chunk and filled back in one script
+    /// call per chunk.
     pub async fn statuses(
         &self,
         viewer: UserId,
         targets: &[UserId],
     ) -> Result<Vec<Status>, LookupError> {
-        let (cached, redis_answered) = match self.cache.lookup_many(viewer, targets).await {
-            Ok(cached) => (cached, true),
-            Err(_) => {
-                metrics::cache_lookups("error", targets.len() as u64);
-                (vec![crate::cache::Cached::default(); targets.len()], false)
-            }
-        };
-        let mut answers: Vec<Option<Status>> = cached
+        let mut answers: Vec<Option<Status>> = targets
             .iter()
-            .zip(targets)
-            .map(|(c, &target)| answer(viewer, target, c.user, c.pair).map(batch_status))
+            // A user has no pair with themself: null, whether they exist or not.
+            .map(|&target| (target == viewer).then_some(Status::Null))
             .collect();
-        let misses: Vec<usize> = (0..targets.len())
+        let others: Vec<usize> = (0..targets.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        let (hits, redis_answered, foreign) = self
+            .cached_statuses(viewer, targets, &others, &mut answers)
+            .await;
+        let misses: Vec<usize> = others
+            .iter()
+            .copied()
             .filter(|&i| answers[i].is_none())
             .collect();
         if redis_answered {
-            metrics::cache_lookups("hit", (targets.len() - misses.len()) as u64);
-            metrics::cache_lookups("miss", misses.len() as u64);
+            metrics::cache_lookups(Lookup::Hit, hits);
+            metrics::cache_lookups(Lookup::Miss, misses.len() as u64);
+        } else {
+            metrics::cache_lookups(Lookup::Error, others.len() as u64);
         }
         for chunk in misses.chunks(MISS_CHUNK) {
             let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
@@ -145,7 +168,7 @@ impl StatusService {
                 answers[i] =
                     answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
             }
-            self.fill(&fills).await;
+            self.fill(&fills, foreign).await;
         }
         Ok(answers
             .into_iter()
@@ -153,10 +176,57 @@ impl StatusService {
             .collect())
     }
 
-    /// Fills what was read, counting the outcome; a failure only means the
-    /// next read misses again.
-    async fn fill(&self, fills: &[Fill]) {
-        match self.cache.fill(fills).await {
+    /// Answers what the cache can of `targets[i]` for each `i` in `others`
+    /// (never the viewer); returns how many it answered, whether Redis did
+    /// answer, and whether some key held a value that is not ours.
+    async fn cached_statuses(
+        &self,
+        viewer: UserId,
+        targets: &[UserId],
+        others: &[usize],
+        answers: &mut [Option<Status>],
+    ) -> (u64, bool, bool) {
+        let asked: Vec<UserId> = others.iter().map(|&i| targets[i]).collect();
+        let Ok((relations, mut foreign)) = self.cache.lookup_pairs(viewer, &asked).await else {
+            return (0, false, false);
+        };
+        let mut hits = 0;
+        let mut related = Vec::new();
+        for (&i, relation) in others.iter().zip(relations) {
+            match relation {
+                Some(r) if r.value == Relation::None => {
+                    answers[i] = Some(Status::Null);
+                    hits += 1;
+                }
+                Some(r) => related.push((i, r)),
+                None => {}
+            }
+        }
+        if related.is_empty() {
+            return (hits, true, foreign);
+        }
+        let users: Vec<UserId> = related.iter().map(|&(i, _)| targets[i]).collect();
+        let Ok((presences, foreign_user)) = self.cache.lookup_users(&users).await else {
+            return (hits, false, foreign);
+        };
+        foreign |= foreign_user;
+        for (&(i, relation), presence) in related.iter().zip(presences) {
+            answers[i] = answer(viewer, targets[i], presence, Some(relation)).map(batch_status);
+            hits += u64::from(answers[i].is_some());
+        }
+        (hits, true, foreign)
+    }
+
+    /// Fills what a miss read, counting the outcome; a failure only means
+    /// the next read misses again. Only empty keys are filled, unless a key
+    /// held a value that is not ours (`foreign`): that one is replaced.
+    async fn fill(&self, fills: &[Fill], foreign: bool) {
+        let filled = if foreign {
+            self.cache.fill(fills).await
+        } else {
+            self.cache.fill_missing(fills).await
+        };
+        match filled {
             Ok(written) => metrics::cache_fills(written, fills.len() as u64),
             Err(e) => {
                 metrics::cache_fill_errors(fills.len() as u64);

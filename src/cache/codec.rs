@@ -159,27 +159,38 @@ impl Keys {
 
     /// `<prefix>p:<low>:<high>`: the pair's relation.
     pub fn pair(&self, pair: Pair) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 42);
+        self.write_pair(pair, &mut key);
+        key
+    }
+
+    /// [`Keys::pair`] written into `key` (cleared first), so that a batch
+    /// builds all its keys in one buffer.
+    pub fn write_pair(&self, pair: Pair, key: &mut String) {
         let mut a = itoa::Buffer::new();
         let mut b = itoa::Buffer::new();
-        let (low, high) = (a.format(pair.low().get()), b.format(pair.high().get()));
-        let mut key = String::with_capacity(self.prefix.len() + low.len() + high.len() + 3);
+        key.clear();
         key.push_str(&self.prefix);
         key.push_str("p:");
-        key.push_str(low);
+        key.push_str(a.format(pair.low().get()));
         key.push(':');
-        key.push_str(high);
-        key
+        key.push_str(b.format(pair.high().get()));
     }
 
     /// `<prefix>u:<id>`: whether the user exists.
     pub fn user(&self, user: UserId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 22);
+        self.write_user(user, &mut key);
+        key
+    }
+
+    /// [`Keys::user`] written into `key` (cleared first).
+    pub fn write_user(&self, user: UserId, key: &mut String) {
         let mut a = itoa::Buffer::new();
-        let id = a.format(user.get());
-        let mut key = String::with_capacity(self.prefix.len() + id.len() + 2);
+        key.clear();
         key.push_str(&self.prefix);
         key.push_str("u:");
-        key.push_str(id);
-        key
+        key.push_str(a.format(user.get()));
     }
 
     /// The glob that matches every key under the prefix.

@@ -38,6 +38,18 @@ pub fn any_breaker_open() -> bool {
     unix_ms() < ANY_BREAKER_OPEN_UNTIL.load(Ordering::Relaxed)
 }
 
+/// Decodes a value read from Redis (`None`: no key, or a value that is not
+/// ours), and notes in `foreign` when one is not ours.
+fn decode_noting<T: codec::Entry>(
+    raw: Option<&Option<Vec<u8>>>,
+    foreign: &mut bool,
+) -> Option<Versioned<T>> {
+    let raw = raw?.as_deref()?;
+    let value = codec::decode(raw);
+    *foreign |= value.is_none();
+    value
+}
+
 /// The only-if-newer fill (see `fill.lua`).
 const FILL_SCRIPT: &str = include_str!("fill.lua");
 
@@ -59,6 +71,9 @@ pub struct Cached {
     pub user: Option<Versioned<Presence>>,
     /// The pair's relation.
     pub pair: Option<Versioned<Relation>>,
+    /// Some key held a value that is not ours (it reads as a miss); a fill
+    /// must then overwrite it rather than only fill empty keys.
+    pub foreign: bool,
 }
 
 /// One entry to write: a pair's relation or a user's presence.
@@ -149,10 +164,14 @@ impl Cache {
         let values: Vec<Option<Vec<u8>>> = self
             .guarded(cmd.query_async(&mut self.conn.clone()))
             .await?;
-        let mut values = values.into_iter();
-        let user = values.next().flatten().and_then(|raw| codec::decode(&raw));
-        let pair = values.next().flatten().and_then(|raw| codec::decode(&raw));
-        Ok(Cached { user, pair })
+        let mut foreign = false;
+        let user = decode_noting(values.first(), &mut foreign);
+        let pair = decode_noting(values.get(1), &mut foreign);
+        Ok(Cached {
+            user,
+            pair,
+            foreign,
+        })
     }
 
     /// Writes entries, each only if Redis holds nothing as new; returns how
@@ -164,6 +183,41 @@ impl Cache {
         }
         let mut conn = self.conn.clone();
         self.guarded(self.fill_on(&mut conn, entries)).await
+    }
+
+    /// The read path's fill after a miss: writes each entry only where its
+    /// key is still empty (`SET NX`, pipelined, one round trip), which costs
+    /// Redis far less than the script. As safe for a reader: a reader never
+    /// replaces a value, and every committed change is written by its own
+    /// refresh, which runs after the commit and is only-if-newer, so it
+    /// replaces whatever older value a reader may have put there first.
+    /// Entries that must overwrite ([`Fill::UserRowGone`]) go through
+    /// [`Cache::fill`].
+    pub async fn fill_missing(&self, entries: &[Fill]) -> Result<u64, CacheError> {
+        if entries.iter().any(|e| matches!(e, Fill::UserRowGone(_))) {
+            return self.fill(entries).await;
+        }
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            let (key, value) = match *entry {
+                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v)),
+                Fill::User(user, v) => (self.keys.user(user), codec::encode(v)),
+                Fill::UserRowGone(_) => continue,
+            };
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(value)
+                .arg("NX")
+                .arg("EX")
+                .arg(self.ttl_with_jitter());
+        }
+        let replies: Vec<Option<redis::Value>> = self
+            .guarded(pipe.query_async(&mut self.conn.clone()))
+            .await?;
+        Ok(replies.iter().filter(|r| r.is_some()).count() as u64)
     }
 
     /// [`Cache::fill`] on a connection of the caller's (batch work uses its
@@ -233,43 +287,68 @@ impl Cache {
         cmd
     }
 
-    /// For a batch: each target's user entry and, unless it is the viewer,
-    /// the viewer's pair entry with it, in one `MGET`.
-    pub async fn lookup_many(
+    /// For a batch: the viewer's pair entry with each of `targets` (none of
+    /// which may be the viewer), in one `MGET`; and whether some key held a
+    /// value that is not ours.
+    pub async fn lookup_pairs(
         &self,
         viewer: UserId,
         targets: &[UserId],
-    ) -> Result<Vec<Cached>, CacheError> {
-        if targets.is_empty() {
-            return Ok(Vec::new());
+    ) -> Result<(Vec<Option<Versioned<Relation>>>, bool), CacheError> {
+        self.mget(
+            targets
+                .iter()
+                .filter_map(|&target| Pair::new(viewer, target)),
+            targets.len(),
+            Keys::write_pair,
+        )
+        .await
+    }
+
+    /// For a batch: the user entry of each of `targets`, in one `MGET`;
+    /// and whether some key held a value that is not ours.
+    pub async fn lookup_users(
+        &self,
+        targets: &[UserId],
+    ) -> Result<(Vec<Option<Versioned<Presence>>>, bool), CacheError> {
+        self.mget(targets.iter().copied(), targets.len(), Keys::write_user)
+            .await
+    }
+
+    /// `MGET` of `keys` (exactly `count` of them), each value decoded (a
+    /// missing or malformed value is `None`), and whether one was malformed.
+    async fn mget<T: codec::Entry, K>(
+        &self,
+        keys: impl Iterator<Item = K>,
+        count: usize,
+        write: impl Fn(&Keys, K, &mut String),
+    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
+        if count == 0 {
+            return Ok((Vec::new(), false));
         }
         let mut cmd = redis::cmd("MGET");
-        for &target in targets {
-            cmd.arg(self.keys.user(target));
-            // A user has no pair with themself; ask for a key that is never
-            // set so that positions stay two per target.
-            match Pair::new(viewer, target) {
-                Some(pair) => cmd.arg(self.keys.pair(pair)),
-                None => cmd.arg(self.keys.user(target)),
-            };
+        let mut key = String::with_capacity(64);
+        for k in keys {
+            write(&self.keys, k, &mut key);
+            cmd.arg(key.as_str());
         }
         let values: Vec<Option<Vec<u8>>> = self
             .guarded(cmd.query_async(&mut self.conn.clone()))
             .await?;
-        Ok(values
-            .chunks(2)
-            .zip(targets)
-            .map(|(two, &target)| Cached {
-                user: two[0].as_deref().and_then(codec::decode),
-                pair: match Pair::new(viewer, target) {
-                    Some(_) => two
-                        .get(1)
-                        .and_then(|v| v.as_deref())
-                        .and_then(codec::decode),
-                    None => None,
-                },
-            })
-            .collect())
+        if values.len() != count {
+            // Never expected of Redis; a short answer must not shift
+            // entries onto the wrong ids.
+            return Err(CacheError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "MGET answered a different number of values",
+            ))));
+        }
+        let mut foreign = false;
+        let decoded = values
+            .iter()
+            .map(|v| decode_noting(Some(v), &mut foreign))
+            .collect();
+        Ok((decoded, foreign))
     }
 
     /// A TTL of ±10% around the configured one, so that entries filled

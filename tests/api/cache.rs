@@ -121,6 +121,88 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_readers_fill_lands_only_in_an_empty_key() {
+    let store = Isolated::new().await;
+    let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
+    let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
+    let pair = Pair::new(id(1), id(2)).expect("pair");
+    let at = |version| Versioned {
+        version,
+        value: Relation::Connected,
+    };
+    let active = Versioned {
+        version: 1,
+        value: Presence::Active,
+    };
+
+    // Empty keys are filled.
+    assert_eq!(
+        cache
+            .fill_missing(&[Fill::Pair(pair, at(3)), Fill::User(id(2), active)])
+            .await
+            .expect("fill"),
+        2
+    );
+    // A value there is never replaced by a reader, older or newer: replacing
+    // is the refresh's job (only-if-newer), and a reader's read may be older.
+    for version in [2, 3, 9] {
+        assert_eq!(
+            cache
+                .fill_missing(&[Fill::Pair(pair, at(version))])
+                .await
+                .expect("fill"),
+            0
+        );
+    }
+    let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
+    assert_eq!((held.pair, held.user), (Some(at(3)), Some(active)));
+    // "This user row is gone" must overwrite, so it takes the script's way.
+    assert_eq!(
+        cache
+            .fill_missing(&[Fill::UserRowGone(id(2))])
+            .await
+            .expect("fill"),
+        1
+    );
+    let held = cache.lookup(id(2), None).await.expect("lookup");
+    assert_eq!(held.user.map(|u| u.value), Some(Presence::Gone));
+    assert_eq!(
+        store.cached("p:1:2").await.as_deref(),
+        Some("3:c"),
+        "the pair entry is untouched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_pair_is_read_again_from_mysql_beside_the_cached_user() {
+    // Arrange: both entries cached, then the row changes behind the cache's
+    // back and the pair's entry is evicted (the user's stays).
+    let app = spawn_app().await;
+    app.users(&[1, 2]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 1)")
+        .await;
+    assert_eq!(
+        app.status(1, 2).await.as_deref(),
+        Some("sent_connection_request")
+    );
+    assert_eq!(app.store.cached("u:2").await.as_deref(), Some("1:a"));
+    app.store
+        .sql("UPDATE user_connections SET state = 'connected', requested_by = NULL WHERE user_low = 1 AND user_high = 2")
+        .await;
+    let mut redis = app.store.redis().await;
+    let _: () = redis
+        .del(format!("{}p:1:2", app.store.prefix))
+        .await
+        .expect("DEL");
+
+    // Act and assert: the miss reads the pair from MySQL and fills it.
+    assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
+    assert_eq!(app.store.cached("p:1:2").await.as_deref(), Some("2:c"));
+    assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_cache_value_is_ignored_and_replaced_from_mysql() {
     let app = spawn_app().await;
     app.users(&[1, 2]).await;
