@@ -33,8 +33,14 @@ pub async fn post_statuses(
     state: web::Data<AppState>,
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
-    let value = body::json(&req, payload, state.max_body_bytes).await?;
-    let ids = requested_ids(&value, state.max_batch_ids).map_err(ApiError::BadRequest)?;
+    let raw = body::bytes(&req, payload, state.max_body_bytes).await?;
+    // The usual body parses straight into ids; anything else takes the
+    // slow path through a JSON value, which also says what is wrong.
+    let ids = match serde_json::from_slice::<Usual>(&raw) {
+        Ok(usual) if !usual.users.contains(&0) => distinct(usual.users, state.max_batch_ids),
+        _ => requested_ids(&body::parse(&raw)?, state.max_batch_ids),
+    }
+    .map_err(ApiError::BadRequest)?;
     // Ids beyond 2^63-1 are positive integers but can name no user: null,
     // without asking anyone.
     let targets: Vec<UserId> = ids.iter().filter_map(|&id| UserId::new(id)).collect();
@@ -61,6 +67,13 @@ pub async fn post_statuses(
         .body(body))
 }
 
+/// The usual batch body: `{"users": [...]}` of unsigned integers (other
+/// fields ignored, as by [`requested_ids`]).
+#[derive(serde::Deserialize)]
+struct Usual {
+    users: Vec<u64>,
+}
+
 /// The distinct ids of `{"users": [...]}`, in first-seen order; the error
 /// says what is wrong.
 pub fn requested_ids(value: &Value, max: usize) -> Result<Vec<u64>, String> {
@@ -73,23 +86,45 @@ pub fn requested_ids(value: &Value, max: usize) -> Result<Vec<u64>, String> {
     let Value::Array(users) = users else {
         return Err("users: expected an array of user ids".into());
     };
-    let mut seen = std::collections::HashSet::with_capacity(users.len().min(max + 1));
-    let mut ids = Vec::with_capacity(users.len().min(max + 1));
-    for (i, user) in users.iter().enumerate() {
-        let id = user.as_u64().filter(|&id| id > 0).ok_or_else(|| {
-            format!(
-                "users[{i}]: expected a positive integer, got {}",
-                kind(user)
-            )
-        })?;
-        if seen.insert(id) {
-            ids.push(id);
-            if ids.len() > max {
-                return Err(format!("users: at most {max} distinct ids per request"));
-            }
+    let ids = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            user.as_u64().filter(|&id| id > 0).ok_or_else(|| {
+                format!(
+                    "users[{i}]: expected a positive integer, got {}",
+                    kind(user)
+                )
+            })
+        })
+        .collect::<Result<Vec<u64>, String>>()?;
+    distinct(ids, max)
+}
+
+/// `ids` without repeats, in first-seen order, or an error when more than
+/// `max` are distinct. Sorting (id, position) finds the first of each id
+/// without hashing: cheaper than a hash set for the sizes a batch has.
+fn distinct(ids: Vec<u64>, max: usize) -> Result<Vec<u64>, String> {
+    let mut order: Vec<(u64, usize)> = ids.iter().copied().zip(0..).collect();
+    order.sort_unstable();
+    let mut first = vec![false; ids.len()];
+    let mut count = 0;
+    let mut last = None;
+    for &(id, at) in &order {
+        if last != Some(id) {
+            first[at] = true;
+            count += 1;
+            last = Some(id);
         }
     }
-    Ok(ids)
+    if count > max {
+        return Err(format!("users: at most {max} distinct ids per request"));
+    }
+    Ok(ids
+        .into_iter()
+        .zip(first)
+        .filter_map(|(id, first)| first.then_some(id))
+        .collect())
 }
 
 fn kind(value: &Value) -> String {
@@ -123,6 +158,27 @@ mod tests {
             requested_ids(&json!({"users": [18446744073709551615u64]}), 2),
             Ok(vec![u64::MAX])
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn distinct_keeps_the_first_of_each_id_in_first_seen_order(
+            ids in proptest::collection::vec(1u64..20, 0..60),
+            max in 0usize..25,
+        ) {
+            let mut seen = std::collections::HashSet::new();
+            let naive: Vec<u64> = ids.iter().copied().filter(|&id| seen.insert(id)).collect();
+            match distinct(ids, max) {
+                Ok(got) => {
+                    proptest::prop_assert!(naive.len() <= max);
+                    proptest::prop_assert_eq!(got, naive);
+                }
+                Err(e) => {
+                    proptest::prop_assert!(naive.len() > max);
+                    proptest::prop_assert!(e.contains("at most"));
+                }
+            }
+        }
     }
 
     #[test]

@@ -12,9 +12,24 @@ use super::errors::ApiError;
 /// Reads and parses the body of `req` as JSON.
 pub async fn json(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<serde_json::Value, ApiError> {
+    parse(&bytes(req, payload, limit).await?)
+}
+
+/// Parses a body read by [`bytes`] as any JSON value.
+pub fn parse(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body: not valid JSON ({e})")))
+}
+
+/// Reads the body of `req`, which must say it is JSON, within `limit`.
+pub async fn bytes(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -50,6 +65,5 @@ pub async fn json(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("body: not valid JSON ({e})")))
+    Ok(body)
 }
