@@ -8,7 +8,7 @@
 //!   diesel-async's pool instead: the least a cache miss can cost.
 //!
 //! Environment: `REDIS_URL`, `DATABASE_URL`, `FLOOR_KEY` (the Redis key
-//! Floor H reads). Not a Criterion bench: `cargo bench --bench floors` alone
+//! Floor H reads; `{id}` in it stands for the id in the request's path). Not a Criterion bench: `cargo bench --bench floors` alone
 //! prints this help and exits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,15 +21,34 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
+// The same allocator as the service: a floor built with less would not be
+// the least this machine can do.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 type Pool = diesel_async::pooled_connection::deadpool::Pool<AsyncMysqlConnection>;
+
+/// The key Floor H reads: `FLOOR_KEY` with `{id}` replaced by the path's id,
+/// so that the floor can read one hot key or keys spread like the service's.
+struct FloorKey {
+    before: String,
+    after: Option<String>,
+}
 
 async fn floor_h(
     conn: web::Data<redis::aio::MultiplexedConnection>,
-    key: web::Data<String>,
+    key: web::Data<FloorKey>,
+    id: web::Path<String>,
 ) -> HttpResponse {
     let mut conn = conn.get_ref().clone();
+    let mut name = String::with_capacity(64);
+    name.push_str(&key.before);
+    if let Some(after) = &key.after {
+        name.push_str(&id);
+        name.push_str(after);
+    }
     let value: Option<Vec<u8>> = redis::cmd("GET")
-        .arg(key.as_str())
+        .arg(name.as_str())
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -78,6 +97,17 @@ fn main() -> std::io::Result<()> {
     let db_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/connstatus".into());
     let key = std::env::var("FLOOR_KEY").unwrap_or_else(|_| "floor:key".into());
+    let key = match key.split_once("{id}") {
+        Some((before, after)) => FloorKey {
+            before: before.into(),
+            after: Some(after.into()),
+        },
+        None => FloorKey {
+            before: key,
+            after: None,
+        },
+    };
+    let key = web::Data::new(key);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     actix_web::rt::System::new().block_on(async move {
         let pool = {
@@ -90,7 +120,7 @@ fn main() -> std::io::Result<()> {
         };
         let client = redis::Client::open(redis_url).unwrap();
         HttpServer::new(move || {
-            let app = App::new().app_data(web::Data::new(key.clone()));
+            let app = App::new().app_data(key.clone());
             if mode == "h" {
                 // One multiplexed connection per worker, made on the worker.
                 let client = client.clone();
