@@ -12,6 +12,7 @@
 //! - [`db`]: MySQL through Diesel (pool, migrations, queries).
 //! - [`cache`]: Redis (keys, value codec, the only-if-newer fill).
 //! - [`status`]: the read path, cache first, MySQL on a miss.
+//! - [`flight`]: single-flight, one MySQL read for concurrent misses of a pair.
 //! - [`http`]: routes, handlers, the error mapping.
 //! - [`startup`]: builds and binds the service.
 //! - [`seed`]: the deterministic synthetic graph.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod events;
+pub mod flight;
 pub mod hooks;
 pub mod http;
 pub mod metrics;

@@ -11,7 +11,8 @@
 //! | `connstatus_http_shed_total` | | requests refused with 429 (in-flight cap) |
 //! | `connstatus_http_inflight` | | requests in flight now |
 //! | `connstatus_cache_lookups_total` | `result` = hit, miss, error | request-path cache reads, per entry asked |
-//! | `connstatus_cache_fills_total` | `result` = written, refused, error | fills (refused: Redis held the same or newer) |
+//! | `connstatus_cache_fills_total` | `result` = written, refused, error | fills (refused: Redis held the same or newer, or for a reader's fill any value) |
+//! | `connstatus_cache_single_flight_joined_total` | | misses that shared another request's MySQL read |
 //! | `connstatus_cache_refresh_queued_total` | | refreshes queued because Redis did not answer |
 //! | `connstatus_redis_breaker_open` | | 1 while the request path skips Redis |
 //! | `connstatus_redis_errors_total` | | failed or timed-out request-path Redis calls |
@@ -95,6 +96,11 @@ pub fn cache_fills(written: u64, total: u64) {
 /// Counts fills that failed.
 pub fn cache_fill_errors(total: u64) {
     metrics::counter!("connstatus_cache_fills_total", "result" => "error").increment(total);
+}
+
+/// Counts a miss that shared another request's MySQL read (single-flight).
+pub fn single_flight_joined() {
+    metrics::counter!("connstatus_cache_single_flight_joined_total").increment(1);
 }
 
 /// Counts refreshes queued because Redis did not answer.

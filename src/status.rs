@@ -6,12 +6,13 @@
 //! MySQL. Only a MySQL failure on a miss is (a 503 to the caller).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::cache::codec::{Presence, Versioned};
 use crate::cache::{Cache, Cached, Fill};
 use crate::db::{self, Pool};
 use crate::domain::{Pair, Relation, Status, UserId};
+use crate::flight::Flights;
 use crate::metrics::{self, Lookup};
 
 /// Misses read from MySQL per query in a batch.
@@ -41,7 +42,7 @@ fn batch_status(answer: Result<Status, LookupError>) -> Status {
 }
 
 /// Why a status could not be answered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum LookupError {
     /// The other user does not exist or is deleted.
     #[error("not found")]
@@ -51,8 +52,26 @@ pub enum LookupError {
     Unavailable(String),
 }
 
-/// Answers statuses from the cache and the database.
+/// What a miss read: the target's presence and the pair's relation.
+type MissRead = Result<(Versioned<Presence>, Option<Versioned<Relation>>), LookupError>;
+
+/// A single GET's miss: the target, the pair, and the user's entry when the
+/// cache had it (then only the pair is read).
+type MissKey = (UserId, Option<Pair>, Option<Versioned<Presence>>);
+
+/// Answers statuses from the cache and the database. One per worker.
 pub struct StatusService {
+    reads: Reads,
+    cache: Arc<Cache>,
+    db: Pool,
+    /// Concurrent misses of one pair in this worker share one read.
+    flights: Flights<MissKey, MissRead>,
+}
+
+/// The database reads and the fills after them, cheap to clone into a
+/// flight.
+#[derive(Clone)]
+struct Reads {
     cache: Arc<Cache>,
     db: Pool,
     db_timeout: Duration,
@@ -63,9 +82,14 @@ impl StatusService {
     /// `db_timeout` (pool wait included).
     pub fn new(cache: Arc<Cache>, db: Pool, db_timeout: Duration) -> Self {
         Self {
+            reads: Reads {
+                cache: cache.clone(),
+                db: db.clone(),
+                db_timeout,
+            },
             cache,
             db,
-            db_timeout,
+            flights: Flights::default(),
         }
     }
 
@@ -82,6 +106,7 @@ impl StatusService {
     /// The status of `target` as `viewer` sees it; `NotFound` for a user
     /// who does not exist or is deleted.
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
+        let asked_at = Instant::now();
         let pair = Pair::new(viewer, target);
         let cached = match self.cache.lookup(target, pair).await {
             Ok(cached) => {
@@ -97,25 +122,21 @@ impl StatusService {
                 Cached::default()
             }
         };
-        // The user is known to exist (else the cache had answered) and only
-        // the pair is missing: one primary-key select of the pair, no join.
-        if let (Some(user), Some(pair)) = (cached.user, pair) {
-            let relation = self
-                .bounded(async |conn| db::reads::pair(conn, pair).await)
-                .await?;
-            self.fill(&[Fill::Pair(pair, relation)], cached.foreign)
-                .await;
-            return answer(viewer, target, Some(user), Some(relation)).unwrap_or(Ok(Status::Null));
+        // With the user's entry cached (it exists, else the cache had
+        // answered) only the pair is read.
+        let known_user = cached.user.filter(|_| pair.is_some());
+        let reads = self.reads.clone();
+        let (read, joined) = self
+            .flights
+            .run((target, pair, known_user), asked_at, move || async move {
+                reads.miss(target, pair, known_user, cached.foreign).await
+            })
+            .await;
+        if joined {
+            metrics::single_flight_joined();
         }
-        let snapshot = self.read(target, pair).await?;
-        let mut fills = vec![Fill::User(target, snapshot.user)];
-        if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
-            fills.push(Fill::Pair(pair, relation));
-        }
-        // A refused or failed fill changes nothing about this answer: the
-        // cache either holds something newer or will be filled next time.
-        self.fill(&fills, cached.foreign).await;
-        answer(viewer, target, Some(snapshot.user), snapshot.pair).unwrap_or(Ok(Status::Null))
+        let (user, relation) = read?;
+        answer(viewer, target, Some(user), relation).unwrap_or(Ok(Status::Null))
     }
 
     /// For a batch: the status of each of `targets` (distinct) as `viewer`
@@ -157,7 +178,7 @@ impl StatusService {
         }
         for chunk in misses.chunks(MISS_CHUNK) {
             let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
-            let snapshots = self.read_many(viewer, &wanted).await?;
+            let snapshots = self.reads.read_many(viewer, &wanted).await?;
             let mut fills = Vec::with_capacity(chunk.len() * 2);
             for (&i, snapshot) in chunk.iter().zip(&snapshots) {
                 let target = targets[i];
@@ -168,7 +189,7 @@ impl StatusService {
                 answers[i] =
                     answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
             }
-            self.fill(&fills, foreign).await;
+            self.reads.fill(&fills, foreign).await;
         }
         Ok(answers
             .into_iter()
@@ -215,6 +236,35 @@ impl StatusService {
             hits += u64::from(answers[i].is_some());
         }
         (hits, true, foreign)
+    }
+}
+
+impl Reads {
+    /// A single GET's miss: one point select (only the pair's row when the
+    /// user's entry is known), then the fill.
+    async fn miss(
+        &self,
+        target: UserId,
+        pair: Option<Pair>,
+        known_user: Option<Versioned<Presence>>,
+        foreign: bool,
+    ) -> MissRead {
+        if let (Some(user), Some(pair)) = (known_user, pair) {
+            let relation = self
+                .bounded(async |conn| db::reads::pair(conn, pair).await)
+                .await?;
+            self.fill(&[Fill::Pair(pair, relation)], foreign).await;
+            return Ok((user, Some(relation)));
+        }
+        let snapshot = self.read(target, pair).await?;
+        let mut fills = vec![Fill::User(target, snapshot.user)];
+        if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
+            fills.push(Fill::Pair(pair, relation));
+        }
+        // A refused or failed fill changes nothing about this answer: the
+        // cache either holds something newer or will be filled next time.
+        self.fill(&fills, foreign).await;
+        Ok((snapshot.user, snapshot.pair))
     }
 
     /// Fills what a miss read, counting the outcome; a failure only means

@@ -20,7 +20,7 @@
 use crate::domain::{Pair, Relation, Side, UserId};
 
 /// A value read from MySQL, with the row version it was read at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Versioned<T> {
     /// The row's `version` (0: no row).
     pub version: u64,
@@ -29,7 +29,7 @@ pub struct Versioned<T> {
 }
 
 /// Whether a user can be looked at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Presence {
     /// Exists and not deleted.
     Active,

@@ -276,3 +276,44 @@ async fn with_redis_unreachable_every_answer_comes_from_mysql() {
     assert_eq!(body["redis"], "down");
     assert_eq!(body["mysql"], "up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_of_one_pair_share_a_read_and_all_answer_right() {
+    use diesel_async::SimpleAsyncConnection;
+    // Arrange: a pair nobody has read, and its table locked by a session of
+    // the test's, so that the first miss's select waits while the others
+    // arrive.
+    let app = std::sync::Arc::new(spawn_app().await);
+    app.users(&[1, 2]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'connected')")
+        .await;
+    let mut lock = app.store.connection().await;
+    lock.batch_execute("LOCK TABLES user_connections WRITE")
+        .await
+        .expect("lock");
+
+    // Act: twenty reads of the pair at once; the lock ends after 500 ms.
+    let reads: Vec<_> = (0..20)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.status(1, 2).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lock.batch_execute("UNLOCK TABLES").await.expect("unlock");
+
+    // Assert: every answer is right, and misses that arrived while a read
+    // was under way shared it (the requests arrive together, so all but a
+    // few of them begin before the first select starts).
+    for read in reads {
+        assert_eq!(read.await.expect("task").as_deref(), Some("connected"));
+    }
+    let metrics = crate::helpers::metrics_text(&app).await;
+    let joined: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("connstatus_cache_single_flight_joined_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(joined >= 1, "no miss shared a read:\n{metrics}");
+}
