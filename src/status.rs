@@ -1,9 +1,11 @@
 //! The read path: the status of a pair as one user sees it.
 //!
 //! Cache first (one `MGET` of the target user's entry and the pair's entry);
-//! on a miss one MySQL point select, then a fill that lands only if Redis holds
-//! nothing newer. A Redis failure is never an error: the answer comes from
-//! MySQL. Only a MySQL failure on a miss is (a 503 to the caller).
+//! on a miss one MySQL point select, shared by concurrent misses of the pair
+//! (see [`crate::flight`]), then a fill that lands only in keys still empty
+//! (see [`Cache::fill_missing`]). A Redis failure is never an error: the
+//! answer comes from MySQL. Only a MySQL failure on a miss is (a 503 to the
+//! caller).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,8 +64,6 @@ type MissKey = (UserId, Option<Pair>, Option<Versioned<Presence>>);
 /// Answers statuses from the cache and the database. One per worker.
 pub struct StatusService {
     reads: Reads,
-    cache: Arc<Cache>,
-    db: Pool,
     /// Concurrent misses of one pair in this worker share one read.
     flights: Flights<MissKey, MissRead>,
 }
@@ -83,24 +83,22 @@ impl StatusService {
     pub fn new(cache: Arc<Cache>, db: Pool, db_timeout: Duration) -> Self {
         Self {
             reads: Reads {
-                cache: cache.clone(),
-                db: db.clone(),
+                cache,
+                db,
                 db_timeout,
             },
-            cache,
-            db,
             flights: Flights::default(),
         }
     }
 
     /// The cache.
     pub fn cache(&self) -> &Cache {
-        &self.cache
+        &self.reads.cache
     }
 
     /// The database pool.
     pub fn db(&self) -> &Pool {
-        &self.db
+        &self.reads.db
     }
 
     /// The status of `target` as `viewer` sees it; `NotFound` for a user
@@ -108,7 +106,7 @@ impl StatusService {
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
         let asked_at = Instant::now();
         let pair = Pair::new(viewer, target);
-        let cached = match self.cache.lookup(target, pair).await {
+        let cached = match self.reads.cache.lookup(target, pair).await {
             Ok(cached) => {
                 if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
                     metrics::cache_lookups(Lookup::Hit, 1);
@@ -147,8 +145,8 @@ impl StatusService {
     /// `MGET` of the pairs, then one of the users behind cached relations
     /// (in a feed most pairs have none, so about one key per id instead of
     /// two: Redis, single-threaded, is what bounds a batch). The misses are
-    /// read from MySQL in one query per chunk and filled back in one script
-    /// call per chunk.
+    /// read from MySQL in one query per chunk and filled back in one round
+    /// trip per chunk.
     pub async fn statuses(
         &self,
         viewer: UserId,
@@ -208,7 +206,8 @@ impl StatusService {
         answers: &mut [Option<Status>],
     ) -> (u64, bool, bool) {
         let asked: Vec<UserId> = others.iter().map(|&i| targets[i]).collect();
-        let Ok((relations, mut foreign)) = self.cache.lookup_pairs(viewer, &asked).await else {
+        let Ok((relations, mut foreign)) = self.reads.cache.lookup_pairs(viewer, &asked).await
+        else {
             return (0, false, false);
         };
         let mut hits = 0;
@@ -227,7 +226,7 @@ impl StatusService {
             return (hits, true, foreign);
         }
         let users: Vec<UserId> = related.iter().map(|&(i, _)| targets[i]).collect();
-        let Ok((presences, foreign_user)) = self.cache.lookup_users(&users).await else {
+        let Ok((presences, foreign_user)) = self.reads.cache.lookup_users(&users).await else {
             return (hits, false, foreign);
         };
         foreign |= foreign_user;
