@@ -127,6 +127,12 @@ mod tests {
         }
     }
 
+    /// Opens `gate` after `ms` milliseconds.
+    async fn open_after(ms: u64, gate: &tokio::sync::Notify) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        gate.notify_waiters();
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn callers_that_began_before_a_flight_share_it() {
         let flights: Flights<u32, u32> = Flights::default();
@@ -135,10 +141,7 @@ mod tests {
         let asked_at = Instant::now();
         let first = flights.run(7, asked_at, counted(&runs, &gate));
         let second = flights.run(7, asked_at, counted(&runs, &gate));
-        let open = async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            gate.notify_waiters();
-        };
+        let open = open_after(20, &gate);
         let ((a, joined_a), (b, joined_b), ()) = tokio::join!(first, second, open);
         assert_eq!(runs.get(), 1, "one run for both");
         assert_eq!((a, b), (1, 1));
@@ -157,10 +160,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
             flights.run(7, Instant::now(), counted(&runs, &gate)).await
         };
-        let open = async {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            gate.notify_waiters();
-        };
+        let open = open_after(30, &gate);
         let ((_, joined_first), (_, joined_later), ()) = tokio::join!(first, later, open);
         assert_eq!(runs.get(), 2, "the later caller read for itself");
         assert!(!joined_first && !joined_later);
@@ -175,10 +175,7 @@ mod tests {
         let asked_at = Instant::now();
         let a = flights.run(1, asked_at, counted(&runs, &gate));
         let b = flights.run(2, asked_at, counted(&runs, &gate));
-        let open = async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            gate.notify_waiters();
-        };
+        let open = open_after(20, &gate);
         let (_, _, ()) = tokio::join!(a, b, open);
         assert_eq!(runs.get(), 2);
 
