@@ -4,26 +4,31 @@
 //! identical selects.
 //!
 //! A request joins only a flight that started after the request itself
-//! began. The flight's read then began after the request did, so the shared
-//! answer is as fresh as one the request would have read itself: joining
-//! never returns a state older than the request.
+//! began (it takes a [`Ticket`] first; flights are numbered in order). The
+//! flight's read then began after the request did, so the shared answer is
+//! as fresh as one the request would have read itself: joining never
+//! returns a state older than the request.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
-use std::time::Instant;
 
 use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 
 /// The flights of one worker (one thread: no locks).
 pub struct Flights<K, V: Clone> {
     flying: RefCell<HashMap<K, Flight<V>>>,
-    next_id: Cell<u64>,
+    /// The number of the last flight started.
+    last_id: Cell<u64>,
 }
 
+/// When a request began, in this worker's flight numbers: it may join only
+/// flights numbered above it.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket(u64);
+
 struct Flight<V: Clone> {
-    started: Instant,
     id: u64,
     result: Shared<LocalBoxFuture<'static, V>>,
 }
@@ -32,17 +37,23 @@ impl<K: Hash + Eq + Clone, V: Clone + 'static> Default for Flights<K, V> {
     fn default() -> Self {
         Self {
             flying: RefCell::new(HashMap::new()),
-            next_id: Cell::new(0),
+            last_id: Cell::new(0),
         }
     }
 }
 
 impl<K: Hash + Eq + Clone, V: Clone + 'static> Flights<K, V> {
+    /// A ticket for a request beginning now (a read of a counter: cheap
+    /// enough to take on every request, hit or miss).
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.last_id.get())
+    }
+
     /// The result of `work` for `key`: of a flight already under way that
-    /// started at or after `asked_at` (the moment the caller's request
-    /// began), or else of a new flight running `work`. The second value says
-    /// whether this call joined another's flight.
-    pub async fn run<F>(&self, key: K, asked_at: Instant, work: impl FnOnce() -> F) -> (V, bool)
+    /// started after `ticket` was taken (when the caller's request began),
+    /// or else of a new flight running `work`. The second value says whether
+    /// this call joined another's flight.
+    pub async fn run<F>(&self, key: K, ticket: Ticket, work: impl FnOnce() -> F) -> (V, bool)
     where
         F: Future<Output = V> + 'static,
     {
@@ -50,19 +61,17 @@ impl<K: Hash + Eq + Clone, V: Clone + 'static> Flights<K, V> {
             .flying
             .borrow()
             .get(&key)
-            .filter(|flight| flight.started >= asked_at)
+            .filter(|flight| flight.id > ticket.0)
             .map(|flight| flight.result.clone());
         if let Some(result) = under_way {
             return (result.await, true);
         }
-        let id = self.next_id.get().wrapping_add(1);
-        self.next_id.set(id);
-        let started = Instant::now();
+        let id = self.last_id.get() + 1;
+        self.last_id.set(id);
         let result = work().boxed_local().shared();
         self.flying.borrow_mut().insert(
             key.clone(),
             Flight {
-                started,
                 id,
                 result: result.clone(),
             },
@@ -75,16 +84,6 @@ impl<K: Hash + Eq + Clone, V: Clone + 'static> Flights<K, V> {
             id,
         };
         (result.await, false)
-    }
-
-    /// Flights under way now.
-    pub fn len(&self) -> usize {
-        self.flying.borrow().len()
-    }
-
-    /// Whether no flight is under way.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -138,15 +137,15 @@ mod tests {
         let flights: Flights<u32, u32> = Flights::default();
         let runs = Rc::new(Cell::new(0));
         let gate = Rc::new(tokio::sync::Notify::new());
-        let asked_at = Instant::now();
-        let first = flights.run(7, asked_at, counted(&runs, &gate));
-        let second = flights.run(7, asked_at, counted(&runs, &gate));
+        let ticket = flights.ticket();
+        let first = flights.run(7, ticket, counted(&runs, &gate));
+        let second = flights.run(7, ticket, counted(&runs, &gate));
         let open = open_after(20, &gate);
         let ((a, joined_a), (b, joined_b), ()) = tokio::join!(first, second, open);
         assert_eq!(runs.get(), 1, "one run for both");
         assert_eq!((a, b), (1, 1));
         assert_eq!((joined_a, joined_b), (false, true));
-        assert!(flights.is_empty(), "landed");
+        assert!(flights.flying.borrow().is_empty(), "landed");
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -154,17 +153,19 @@ mod tests {
         let flights: Flights<u32, u32> = Flights::default();
         let runs = Rc::new(Cell::new(0));
         let gate = Rc::new(tokio::sync::Notify::new());
-        let first = flights.run(7, Instant::now(), counted(&runs, &gate));
+        let first = flights.run(7, flights.ticket(), counted(&runs, &gate));
         let later = async {
             // Let the first flight start, then begin a request after it.
             tokio::time::sleep(Duration::from_millis(10)).await;
-            flights.run(7, Instant::now(), counted(&runs, &gate)).await
+            flights
+                .run(7, flights.ticket(), counted(&runs, &gate))
+                .await
         };
         let open = open_after(30, &gate);
         let ((_, joined_first), (_, joined_later), ()) = tokio::join!(first, later, open);
         assert_eq!(runs.get(), 2, "the later caller read for itself");
         assert!(!joined_first && !joined_later);
-        assert!(flights.is_empty());
+        assert!(flights.flying.borrow().is_empty());
     }
 
     #[tokio::test(flavor = "current_thread")]
@@ -172,17 +173,17 @@ mod tests {
         let flights: Flights<u32, u32> = Flights::default();
         let runs = Rc::new(Cell::new(0));
         let gate = Rc::new(tokio::sync::Notify::new());
-        let asked_at = Instant::now();
-        let a = flights.run(1, asked_at, counted(&runs, &gate));
-        let b = flights.run(2, asked_at, counted(&runs, &gate));
+        let ticket = flights.ticket();
+        let a = flights.run(1, ticket, counted(&runs, &gate));
+        let b = flights.run(2, ticket, counted(&runs, &gate));
         let open = open_after(20, &gate);
         let (_, _, ()) = tokio::join!(a, b, open);
         assert_eq!(runs.get(), 2);
 
         // A caller dropped mid-flight (its client went away) leaves no entry.
-        let gone = flights.run(3, Instant::now(), counted(&runs, &gate));
+        let gone = flights.run(3, flights.ticket(), counted(&runs, &gate));
         let timed_out = tokio::time::timeout(Duration::from_millis(10), gone).await;
         assert!(timed_out.is_err());
-        assert!(flights.is_empty());
+        assert!(flights.flying.borrow().is_empty());
     }
 }

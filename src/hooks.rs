@@ -148,8 +148,18 @@ impl Hooks {
 
     /// Every pair of `user` changed (e.g. a bulk import or repair).
     pub async fn user_pairs_changed(&self, user: UserId) -> Result<Refreshed, HookError> {
+        self.on_connection(async |conn| self.user_pairs_on(conn, user).await)
+            .await
+    }
+
+    /// Runs `work` on a pooled connection; one that failed is discarded
+    /// rather than handed out again.
+    async fn on_connection<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut PooledConnection) -> Result<T, HookError>,
+    ) -> Result<T, HookError> {
         let mut conn = self.connection().await?;
-        let result = self.user_pairs_on(&mut conn, user).await;
+        let result = work(&mut conn).await;
         if result.is_err() {
             db::discard(conn);
         }
@@ -235,12 +245,8 @@ impl Hooks {
     /// its queue entry (if any) up to that version is done, on a Redis
     /// failure it is queued.
     pub(crate) async fn refresh(&self, entry: Queued) -> Result<Refreshed, HookError> {
-        let mut conn = self.connection().await?;
-        let result = self.refresh_on(&mut conn, entry).await;
-        if result.is_err() {
-            db::discard(conn);
-        }
-        result
+        self.on_connection(async |conn| self.refresh_on(conn, entry).await)
+            .await
     }
 
     async fn refresh_on(

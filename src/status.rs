@@ -8,7 +8,7 @@
 //! caller).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::cache::codec::{Presence, Versioned};
 use crate::cache::{Cache, Cached, Fill};
@@ -104,7 +104,7 @@ impl StatusService {
     /// The status of `target` as `viewer` sees it; `NotFound` for a user
     /// who does not exist or is deleted.
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
-        let asked_at = Instant::now();
+        let ticket = self.flights.ticket();
         let pair = Pair::new(viewer, target);
         let cached = match self.reads.cache.lookup(target, pair).await {
             Ok(cached) => {
@@ -126,7 +126,7 @@ impl StatusService {
         let reads = self.reads.clone();
         let (read, joined) = self
             .flights
-            .run((target, pair, known_user), asked_at, move || async move {
+            .run((target, pair, known_user), ticket, move || async move {
                 reads.miss(target, pair, known_user, cached.foreign).await
             })
             .await;

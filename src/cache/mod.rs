@@ -202,11 +202,7 @@ impl Cache {
         }
         let mut pipe = redis::pipe();
         for entry in entries {
-            let (key, value) = match *entry {
-                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v)),
-                Fill::User(user, v) => (self.keys.user(user), codec::encode(v)),
-                Fill::UserRowGone(_) => continue,
-            };
+            let (key, value, _) = self.entry(entry);
             pipe.cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -267,24 +263,32 @@ impl Cache {
     fn fill_command(&self, entries: &[Fill]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.fill_script.get_hash()).arg(entries.len());
-        let gone = Versioned {
-            version: 0,
-            value: Presence::Gone,
-        };
         let mut args = Vec::with_capacity(entries.len());
         for entry in entries {
-            let (key, value, force) = match *entry {
-                Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v), "0"),
-                Fill::User(user, v) => (self.keys.user(user), codec::encode(v), "0"),
-                Fill::UserRowGone(user) => (self.keys.user(user), codec::encode(gone), "1"),
-            };
+            let (key, value, force) = self.entry(entry);
             cmd.arg(key);
-            args.push((value, force));
+            args.push((value, if force { "1" } else { "0" }));
         }
         for (value, force) in args {
             cmd.arg(value).arg(self.ttl_with_jitter()).arg(force);
         }
         cmd
+    }
+
+    /// The key and value an entry writes, and whether it must be written
+    /// whatever the key holds.
+    fn entry(&self, entry: &Fill) -> (String, Vec<u8>, bool) {
+        match *entry {
+            Fill::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v), false),
+            Fill::User(user, v) => (self.keys.user(user), codec::encode(v), false),
+            Fill::UserRowGone(user) => {
+                let gone = Versioned {
+                    version: 0,
+                    value: Presence::Gone,
+                };
+                (self.keys.user(user), codec::encode(gone), true)
+            }
+        }
     }
 
     /// For a batch: the viewer's pair entry with each of `targets` (none of
