@@ -265,12 +265,7 @@ async fn with_redis_unreachable_every_answer_comes_from_mysql() {
         .sql("UPDATE user_connections SET state = 'none' WHERE user_low = 1 AND user_high = 2")
         .await;
     assert_eq!(app.status(1, 2).await, None);
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("request");
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200, "MySQL alone can serve");
     let body: serde_json::Value = ready.json().await.expect("json");
     assert_eq!(body["redis"], "down");

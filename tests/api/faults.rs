@@ -121,12 +121,7 @@ async fn mysql_killed_serves_cache_hits_refuses_the_rest_and_recovers() {
         let body: serde_json::Value = response.json().await.expect("json");
         assert!(body["detail"].is_string());
     }
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("request");
+    let ready = app.get("/readyz").await;
     let body: serde_json::Value = ready.json().await.expect("json");
     assert_eq!(body["mysql"], "down");
 

@@ -232,6 +232,15 @@ impl TestApp {
     }
 
     /// GET `path` with a bearer token.
+    /// `GET path` on the public listener, without credentials.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

@@ -92,12 +92,7 @@ async fn over_the_inflight_cap_requests_get_429_at_once_and_the_service_recovers
     assert!(shed.headers().get("retry-after").is_some());
     let body: serde_json::Value = shed.json().await.expect("json");
     assert!(body["detail"].is_string());
-    let health = app
-        .client
-        .get(format!("{}/healthz", app.address))
-        .send()
-        .await
-        .expect("request");
+    let health = app.get("/healthz").await;
     assert_eq!(health.status(), 200, "probes are never shed");
 
     lock.batch_execute("ROLLBACK").await.expect("unlock");

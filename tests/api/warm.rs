@@ -82,12 +82,7 @@ async fn warmed_pairs_are_served_with_mysql_unreachable_and_a_rerun_changes_noth
     let response = app.status_of(3, "4").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("retry-after").is_some());
-    let ready = app
-        .client
-        .get(format!("{}/readyz", app.address))
-        .send()
-        .await
-        .expect("request");
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status(), 200, "cache hits can still be served");
 }
 
