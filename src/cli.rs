@@ -1,4 +1,4 @@
-//! The `connstatus` commands (CONTRACT section 7).
+//! The `connstatus` commands (see `docs/operations.md#commands`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,8 +9,9 @@ use secrecy::ExposeSecret;
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::domain::UserId;
+use crate::service::warm;
 use crate::startup::Application;
-use crate::{auth, db, seed, telemetry, warm};
+use crate::{auth, db, seed, telemetry};
 
 /// connstatus: the connection status between the logged-in user and another.
 #[derive(Debug, Parser)]
@@ -232,9 +233,7 @@ async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyho
     );
     // Fresh rows start again at version 1: entries cached from an earlier
     // graph would win every only-if-newer comparison, so they must go.
-    let cache = Cache::client(&settings.redis_url)
-        .and_then(|client| Cache::new(client, &settings.cache))
-        .map_err(anyhow::Error::msg)?;
+    let cache = Cache::from_settings(settings).map_err(anyhow::Error::msg)?;
     match cache.purge().await {
         Ok(n) => println!("cache: removed {n} entries under {}", settings.cache.redis_prefix),
         Err(e) => anyhow::bail!("the graph is in MySQL, but clearing the cache failed ({e}); run seed again once Redis is up"),
@@ -273,15 +272,17 @@ fn read_users_file(path: &std::path::Path) -> anyhow::Result<Vec<UserId>> {
     Ok(users)
 }
 
+/// The most one page of the warming job's scan may take (pages of thousands
+/// of rows; the request path's MySQL timeout is for point selects).
+const WARM_MYSQL_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn warm_cache(
     settings: &Settings,
     scope: warm::Scope,
     tuning: warm::Tuning,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let cache = Cache::client(&settings.redis_url)
-        .and_then(|client| Cache::new(client, &settings.cache))
-        .map_err(anyhow::Error::msg)?;
+    let cache = Cache::from_settings(settings).map_err(anyhow::Error::msg)?;
     let redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
         .map_err(anyhow::Error::msg)?;
     let pool = db::pool(
@@ -290,7 +291,7 @@ async fn warm_cache(
         settings.mysql_timeout(),
     )
     .map_err(anyhow::Error::msg)?;
-    let warmer = warm::Warmer::new(cache, redis, pool, tuning);
+    let warmer = warm::Warmer::new(cache, redis, db::Db::new(pool, WARM_MYSQL_TIMEOUT), tuning);
     let progress = std::sync::Arc::new(warm::Progress::default());
     let reporter = tokio::spawn(report_progress(
         progress.clone(),

@@ -1,21 +1,13 @@
 //! The platform's webhook events, as `POST /internal/v1/events` takes them
-//! (CONTRACT section 5): parsed and checked in full before anything is done,
-//! so a malformed request changes nothing.
+//! (see `docs/api.md#events`): parsed and checked in full before anything is
+//! done, so a malformed request changes nothing. An event names the subject
+//! to re-read: a pair (`connection_request.*`, `connection.*`) or a user
+//! (`user.*`); a type connstatus does not know names none (`None`: it is
+//! acknowledged and counted).
 
 use serde_json::Value;
 
-use crate::domain::{Pair, UserId};
-
-/// What an event asks connstatus to re-read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Notice {
-    /// A pair changed (`connection_request.*`, `connection.*`).
-    Pair(Pair),
-    /// A user was created or deleted (`user.*`).
-    User(UserId),
-    /// A type connstatus does not know: acknowledged and counted.
-    Ignored,
-}
+use crate::domain::{Pair, Subject, UserId};
 
 const PAIR_TYPES: [&str; 6] = [
     "connection_request.created",
@@ -29,7 +21,7 @@ const USER_TYPES: [&str; 2] = ["user.created", "user.deleted"];
 
 /// Parses one event or an array of them; the error names the bad field
 /// (`[2].data.to_user.id: ...`).
-pub fn parse(body: &Value, max_events: usize) -> Result<Vec<Notice>, String> {
+pub fn parse(body: &Value, max_events: usize) -> Result<Vec<Option<Subject>>, String> {
     match body {
         Value::Object(_) => Ok(vec![parse_one(body, "")?]),
         Value::Array(events) => {
@@ -49,7 +41,7 @@ pub fn parse(body: &Value, max_events: usize) -> Result<Vec<Notice>, String> {
     }
 }
 
-fn parse_one(event: &Value, at: &str) -> Result<Notice, String> {
+fn parse_one(event: &Value, at: &str) -> Result<Option<Subject>, String> {
     let Value::Object(fields) = event else {
         return Err(format!(
             "{}: expected an event object",
@@ -78,11 +70,15 @@ fn parse_one(event: &Value, at: &str) -> Result<Notice, String> {
         let to = user_at(fields.get("data"), "to_user", at)?;
         let pair = Pair::new(from, to)
             .ok_or_else(|| format!("{at}data.to_user.id: must differ from data.from_user.id"))?;
-        Ok(Notice::Pair(pair))
+        Ok(Some(Subject::Pair(pair)))
     } else if USER_TYPES.contains(&kind) {
-        Ok(Notice::User(user_at(fields.get("data"), "user", at)?))
+        Ok(Some(Subject::User(user_at(
+            fields.get("data"),
+            "user",
+            at,
+        )?)))
     } else {
-        Ok(Notice::Ignored)
+        Ok(None)
     }
 }
 
@@ -119,7 +115,9 @@ mod tests {
                          "data": {"from_user": {"id": 33}, "to_user": {"id": 1}}});
         assert_eq!(
             parse(&one, 10),
-            Ok(vec![Notice::Pair(Pair::new(id(1), id(33)).expect("pair"))])
+            Ok(vec![Some(Subject::Pair(
+                Pair::new(id(1), id(33)).expect("pair")
+            ))])
         );
         let many = json!([
             {"type": "user.deleted", "data": {"user": {"id": 42}}},
@@ -129,9 +127,9 @@ mod tests {
         assert_eq!(
             parse(&many, 10),
             Ok(vec![
-                Notice::User(id(42)),
-                Notice::Pair(Pair::new(id(5), id(6)).expect("pair")),
-                Notice::Ignored
+                Some(Subject::User(id(42))),
+                Some(Subject::Pair(Pair::new(id(5), id(6)).expect("pair"))),
+                None
             ])
         );
         assert_eq!(parse(&json!([]), 10), Ok(vec![]));

@@ -5,18 +5,21 @@
 //!
 //! # Layout
 //!
-//! - [`domain`]: user ids, ordered pairs, relations and how each side sees
-//!   them. Pure.
-//! - [`auth`]: bearer JWT verification with `biscuit`.
-//! - [`config`]: layered, typed, validated settings.
-//! - [`db`]: MySQL through Diesel (pool, migrations, queries).
-//! - [`cache`]: Redis (keys, value codec, the only-if-newer fill).
-//! - [`status`]: the read path, cache first, MySQL on a miss.
-//! - [`flight`]: single-flight, one MySQL read for concurrent misses of a pair.
-//! - [`http`]: routes, handlers, the error mapping.
-//! - [`startup`]: builds and binds the service.
-//! - [`seed`]: the deterministic synthetic graph.
-//! - [`cli`]: the `connstatus` commands; `main.rs` only calls it.
+//! `ARCHITECTURE.md` has the map; in short, imports point down this list:
+//!
+//! - [`http`]: routes and handlers (parse → call a service → answer), the
+//!   one error mapping. No SQL, no cache calls.
+//! - [`service`]: the use cases — the read path, mutations, the one refresh
+//!   mechanism (exported as [`hooks`]), warming, health. The only layer that
+//!   sees both `db` and `cache`.
+//! - [`db`]: MySQL through Diesel (pool, migrations, queries, the outbox).
+//! - [`cache`]: Redis (keys, value codec, lookups, only-if-newer writes).
+//! - [`auth`], [`config`], [`events`]: JWTs, settings, webhook events.
+//! - [`domain`]: ids, pairs, relations, versions, the transition table. Pure.
+//!
+//! Around them: [`startup`] builds and binds the service, [`cli`] runs the
+//! commands (`main.rs` only calls it), [`seed`] makes synthetic graphs,
+//! [`telemetry`] and [`meters`] are logs and metrics.
 
 pub mod auth;
 pub mod cache;
@@ -25,13 +28,13 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod events;
-pub mod flight;
-pub mod hooks;
 pub mod http;
-pub mod metrics;
+pub mod meters;
 pub mod seed;
+pub mod service;
 pub mod startup;
-pub mod status;
 pub mod telemetry;
-pub mod transitions;
-pub mod warm;
+
+/// The cache-invalidation hook API for Rust callers (see the module's
+/// example).
+pub use service::refresh as hooks;

@@ -4,24 +4,24 @@
 //! configuration of port 0) learn where the service really listens.
 
 use std::net::TcpListener;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-use std::sync::atomic::Ordering;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::auth::Verifier;
+use crate::auth::{TokenCache, Verifier};
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::db;
-use crate::hooks::{self, Hooks};
+use crate::db::Db;
 use crate::http::edge::{edge, Inflight, Limits};
 use crate::http::{self, AppState, Worker};
-use crate::status::StatusService;
-use crate::warm;
+use crate::service::health::Health;
+use crate::service::mutations::Mutations;
+use crate::service::refresh::{self, Hooks};
+use crate::service::statuses::StatusService;
+use crate::service::warm::{Tuning, Warmer};
 
 /// A built, bound, not yet running service.
 pub struct Application {
@@ -33,19 +33,11 @@ pub struct Application {
 
 impl Application {
     /// Builds everything from `settings`, binds both listeners, and starts
-    /// the refresh-queue sweeper. Connections to MySQL and Redis are made on
+    /// the background tasks. Connections to MySQL and Redis are made on
     /// demand: either may be down at start-up without stopping the service.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let verifier = Verifier::from_settings(&settings.jwt).map_err(anyhow::Error::msg)?;
-        let redis = Cache::client(&settings.redis_url).map_err(anyhow::Error::msg)?;
-        let pool = db::pool(
-            &settings.database_url,
-            settings.mysql_pool_size,
-            settings.mysql_timeout(),
-        )
-        .map_err(anyhow::Error::msg)?;
         let state = web::Data::new(AppState {
-            verifier,
+            verifier: Verifier::from_settings(&settings.jwt).map_err(anyhow::Error::msg)?,
             internal_token: settings.internal_token.clone(),
             max_body_bytes: settings.max_body_bytes,
             max_events: settings.max_events,
@@ -53,47 +45,8 @@ impl Application {
             shutting_down: AtomicBool::new(false),
             inflight: Inflight::new(settings.max_inflight),
         });
-        let cache_settings = settings.cache.clone();
-        let db_timeout = settings.mysql_timeout();
-        let tuning = warm::Tuning::default();
-        let token_cache_size = settings.jwt.jwt_cache_size;
-        let warm_redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
-            .map_err(anyhow::Error::msg)?;
-        // Runs once per worker, on the worker's thread: the worker's Redis
-        // connection (and its driver task) live there.
-        let worker = move || -> Result<Worker, String> {
-            let cache = Arc::new(Cache::new(redis.clone(), &cache_settings)?);
-            let warmer = warm::Warmer::new(
-                Cache::new(redis.clone(), &cache_settings)?,
-                warm_redis.clone(),
-                pool.clone(),
-                tuning,
-            );
-            Ok(Worker {
-                statuses: StatusService::new(cache.clone(), pool.clone(), db_timeout),
-                hooks: Hooks::new(cache, pool.clone(), db_timeout),
-                warmer,
-                tokens: std::cell::RefCell::new(crate::auth::TokenCache::new(token_cache_size)),
-                db_timeout,
-            })
-        };
-
-        // The sweeper retries refreshes that could not reach Redis.
-        let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;
-        tokio::spawn(hooks::sweep_forever(
-            sweeper,
-            Duration::from_millis(settings.refresh_retry_ms),
-        ));
-
-        let workers = match settings.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        crate::metrics::handle();
-        tokio::spawn(crate::metrics::upkeep_forever(Duration::from_millis(
-            settings.metrics_upkeep_ms,
-        )));
-        let inflight = web::Data::new(state.inflight.clone());
+        let worker = worker_factory(settings)?;
+        spawn_background(settings, &worker)?;
         let limits = web::Data::new(Limits {
             max_header_bytes: settings.max_header_bytes,
         });
@@ -103,24 +56,30 @@ impl Application {
             .grace_seconds
             .saturating_sub(settings.drain_seconds)
             .max(1);
+        let workers = match settings.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+
         let (listener, port) = bind(settings.bind_addr(), "CONNSTATUS_BIND")?;
-        let (public_state, public_worker) = (state.clone(), worker.clone());
-        let admin_limits = limits.clone();
+        let inflight = web::Data::new(state.inflight.clone());
+        let (public_state, public_limits, public_worker) =
+            (state.clone(), limits.clone(), worker.clone());
         let public = HttpServer::new(move || {
             App::new()
                 .wrap(middleware::from_fn(edge))
                 .app_data(inflight.clone())
-                .app_data(limits.clone())
+                .app_data(public_limits.clone())
                 .app_data(public_state.clone())
                 .app_data(web::Data::new(start_worker(&public_worker)))
                 .configure(http::public_routes)
                 .default_service(web::to(http::not_found))
         })
         .workers(workers)
+        .client_disconnect_timeout(Duration::from_secs(1))
         .disable_signals()
         .shutdown_timeout(stop_timeout)
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .client_disconnect_timeout(Duration::from_secs(1))
         .listen(listener)?
         .run();
 
@@ -130,7 +89,7 @@ impl Application {
             App::new()
                 .wrap(middleware::from_fn(edge))
                 .app_data(admin_state.clone())
-                .app_data(admin_limits.clone())
+                .app_data(limits.clone())
                 .app_data(web::Data::new(start_worker(&worker)))
                 .configure(http::admin::admin_routes)
                 .default_service(web::to(http::not_found))
@@ -141,6 +100,7 @@ impl Application {
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .listen(listener)?
         .run();
+
         let drain = Duration::from_secs(settings.drain_seconds);
         tokio::spawn(shutdown_on_signal(
             state,
@@ -176,6 +136,53 @@ impl Application {
 /// How long a client may take to send a request's head (slow clients are
 /// cut off with 408 rather than holding a worker).
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Makes the per-worker state: one Redis connection per worker, shared by
+/// its services; the MySQL pool and the warm job's Redis pool are shared by
+/// all workers. Runs once per worker, on the worker's thread: the worker's
+/// Redis connection (and its driver task) live there.
+fn worker_factory(
+    settings: &Settings,
+) -> anyhow::Result<impl Fn() -> Result<Worker, String> + Clone + Send + 'static> {
+    let redis = Cache::client(&settings.redis_url).map_err(anyhow::Error::msg)?;
+    let db = Db::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let cache_settings = settings.cache.clone();
+    let tuning = Tuning::default();
+    let warm_redis =
+        Warmer::redis_pool(&settings.redis_url, tuning.concurrency).map_err(anyhow::Error::msg)?;
+    let token_cache_size = settings.jwt.jwt_cache_size;
+    Ok(move || -> Result<Worker, String> {
+        let cache = Arc::new(Cache::new(redis.clone(), &cache_settings)?);
+        let hooks = Hooks::new(cache.clone(), db.clone());
+        let warm_cache = Cache::new(redis.clone(), &cache_settings)?;
+        Ok(Worker {
+            statuses: StatusService::new(cache.clone(), db.clone()),
+            mutations: Mutations::new(db.clone(), hooks.clone()),
+            warmer: Warmer::new(warm_cache, warm_redis.clone(), db.clone(), tuning),
+            health: Health::new(cache, db.clone()),
+            hooks,
+            tokens: std::cell::RefCell::new(TokenCache::new(token_cache_size)),
+        })
+    })
+}
+
+/// The tasks that run beside the listeners: the refresh-queue sweeper
+/// (retries refreshes that could not reach Redis) and the metrics upkeep.
+fn spawn_background(
+    settings: &Settings,
+    worker: &impl Fn() -> Result<Worker, String>,
+) -> anyhow::Result<()> {
+    let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;
+    tokio::spawn(refresh::sweep_forever(
+        sweeper,
+        Duration::from_millis(settings.refresh_retry_ms),
+    ));
+    crate::meters::handle();
+    tokio::spawn(crate::meters::upkeep_forever(Duration::from_millis(
+        settings.metrics_upkeep_ms,
+    )));
+    Ok(())
+}
 
 /// SIGTERM or SIGINT: readiness turns 503 at once; the listeners keep
 /// serving through the drain delay (so the balancer sees the 503 and moves

@@ -17,35 +17,17 @@
 //! newer, so a cached "not found" or "no relation" gives way to the first
 //! write without special cases.
 
-use crate::domain::{Pair, Relation, Side, UserId};
+use crate::domain::{Pair, Presence, Relation, Side, UserId, Versioned};
 
-/// A value read from MySQL, with the row version it was read at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Versioned<T> {
-    /// The row's `version` (0: no row).
-    pub version: u64,
-    /// The value at that version.
-    pub value: T,
-}
-
-/// Whether a user can be looked at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Presence {
-    /// Exists and not deleted.
-    Active,
-    /// Never existed, or soft-deleted: "Not found." to callers.
-    Gone,
-}
-
-/// A cache entry: the key space and value encoding of one kind of entry.
-pub trait Entry: Copy {
+/// A value kind the cache stores, and its one-byte code.
+pub trait Code: Copy {
     /// The one-byte code of this value.
     fn code(self) -> u8;
     /// The value of a code, if it is one of ours.
     fn from_code(code: u8) -> Option<Self>;
 }
 
-impl Entry for Relation {
+impl Code for Relation {
     fn code(self) -> u8 {
         match self {
             Relation::None => b'n',
@@ -94,7 +76,7 @@ impl Entry for Relation {
     }
 }
 
-impl Entry for Presence {
+impl Code for Presence {
     fn code(self) -> u8 {
         match self {
             Presence::Active => b'a',
@@ -112,7 +94,7 @@ impl Entry for Presence {
 }
 
 /// Encodes `<version>:<code>`.
-pub fn encode<T: Entry>(entry: Versioned<T>) -> Vec<u8> {
+pub fn encode<T: Code>(entry: Versioned<T>) -> Vec<u8> {
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(entry.version).as_bytes();
     let mut out = Vec::with_capacity(digits.len() + 2);
@@ -124,7 +106,7 @@ pub fn encode<T: Entry>(entry: Versioned<T>) -> Vec<u8> {
 
 /// Decodes a stored value; anything malformed is `None` and is treated as a
 /// miss, so a foreign or corrupted value can never become an answer.
-pub fn decode<T: Entry>(raw: &[u8]) -> Option<Versioned<T>> {
+pub fn decode<T: Code>(raw: &[u8]) -> Option<Versioned<T>> {
     let (&code, rest) = raw.split_last()?;
     let (&colon, digits) = rest.split_last()?;
     if colon != b':' || digits.is_empty() || digits.len() > 20 {

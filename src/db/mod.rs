@@ -1,14 +1,20 @@
 //! MySQL: the source of truth. Pool, migrations, and the queries.
 //!
 //! Diesel 2 through `diesel-async` (pure-Rust `mysql_async`, no C client): no
-//! request ever blocks an actix worker thread on I/O.
+//! request ever blocks an actix worker thread on I/O. This layer imports
+//! nothing but the domain: it never sees the cache or HTTP.
 
+pub mod outbox;
 pub mod reads;
+mod run;
+pub mod scans;
 pub mod schema;
 pub mod state;
 pub mod writes;
 
 use std::time::Duration;
+
+pub use run::{Db, DbError, Failure};
 
 use diesel::Connection as _;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -49,6 +55,19 @@ pub fn pool(url: &SecretString, size: usize, timeout: Duration) -> Result<Pool, 
         .runtime(deadpool::Runtime::Tokio1)
         .build()
         .map_err(|e| format!("DATABASE_URL: {e}"))
+}
+
+impl Db {
+    /// The pool and timeout of `DATABASE_URL`, `CONNSTATUS_MYSQL_POOL_SIZE`
+    /// and `CONNSTATUS_MYSQL_TIMEOUT_MS`.
+    pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
+        let pool = pool(
+            &settings.database_url,
+            settings.mysql_pool_size,
+            settings.mysql_timeout(),
+        )?;
+        Ok(Self::new(pool, settings.mysql_timeout()))
+    }
 }
 
 /// Takes a connection out of the pool for good after it failed: it may be

@@ -6,8 +6,7 @@ use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
 use super::schema::{user_connections, users};
 use super::state::State;
-use crate::cache::codec::{Presence, Versioned};
-use crate::domain::{Pair, Relation, UserId};
+use crate::domain::{Pair, Presence, Relation, UserId, Versioned};
 
 /// A user's presence and, when asked, a pair's relation, read together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,7 +18,7 @@ pub struct Snapshot {
 }
 
 /// A stored pair row, as selected.
-type PairRow = (State, Option<u64>, bool, u64);
+pub(super) type PairRow = (State, Option<u64>, bool, u64);
 
 /// Reads `target`'s presence and, when given, `pair`'s relation in one
 /// primary-key point select (a LEFT JOIN of the pair onto the user).
@@ -65,7 +64,7 @@ pub async fn snapshot(
     })
 }
 
-fn presence(row: Option<(u64, bool)>) -> Versioned<Presence> {
+pub(super) fn presence(row: Option<(u64, bool)>) -> Versioned<Presence> {
     match row {
         Some((version, true)) => Versioned {
             version,
@@ -175,7 +174,7 @@ pub async fn pairs_of(
 }
 
 /// The columns a pair's relation is read from.
-fn pair_columns() -> (
+pub(super) fn pair_columns() -> (
     user_connections::state,
     user_connections::requested_by,
     diesel::dsl::IsNotNull<user_connections::rejected_at>,

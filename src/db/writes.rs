@@ -1,14 +1,16 @@
-//! Writes: the mutation transaction and the refresh queue (outbox).
+//! The mutation transaction: one action on one pair, under the pair's row
+//! lock, with its refresh recorded in the outbox in the same transaction.
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, TinyInt, Unsigned};
+use diesel::sql_types::{BigInt, Bool, Nullable, Text, Unsigned};
 use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 
 use super::reads;
-use super::schema::{cache_refresh_queue, users};
-use crate::domain::{Pair, Relation, Side, UserId};
-use crate::transitions::{self, Action, Outcome};
+use super::schema::users;
+use super::{outbox, Failure};
+use crate::domain::transitions::{self, Action, Outcome};
+use crate::domain::{Pair, Relation, Side, Subject, UserId};
 
 /// Why a mutation did not happen.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,15 @@ pub enum MutationError {
     /// MySQL failed.
     #[error(transparent)]
     Db(#[from] DieselError),
+    /// MySQL could not be reached in time.
+    #[error(transparent)]
+    Unavailable(#[from] super::DbError),
+}
+
+impl Failure for MutationError {
+    fn is_failure(&self) -> bool {
+        matches!(self, MutationError::Db(_) | MutationError::Unavailable(_))
+    }
 }
 
 /// What a mutation did.
@@ -34,24 +45,6 @@ pub struct Mutated {
     pub relation: Relation,
     /// Whether a row changed (false: the effect already held).
     pub changed: bool,
-}
-
-/// What a refresh queue entry names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Queued {
-    /// A pair's entry.
-    Pair(Pair),
-    /// A user's entry.
-    User(UserId),
-}
-
-impl Queued {
-    fn columns(self) -> (u8, u64, u64) {
-        match self {
-            Queued::Pair(pair) => (1, pair.low().get(), pair.high().get()),
-            Queued::User(user) => (2, user.get(), 0),
-        }
-    }
 }
 
 /// Attempts at a mutation transaction that lost a race (two first requests
@@ -149,7 +142,7 @@ async fn mutate_once(
         // The trigger raises the version by exactly one.
         current.version + 1
     };
-    enqueue(conn, Queued::Pair(pair), version).await?;
+    outbox::enqueue(conn, Subject::Pair(pair), version).await?;
     Ok(Mutated {
         relation: next,
         changed: true,
@@ -176,80 +169,4 @@ fn lost_race(error: &DieselError) -> bool {
         }
         _ => false,
     }
-}
-
-/// Records that the cache must reach `version` for `entry` (keeps the
-/// highest version asked for).
-pub async fn enqueue(
-    conn: &mut AsyncMysqlConnection,
-    entry: Queued,
-    version: u64,
-) -> QueryResult<()> {
-    let (kind, a, b) = entry.columns();
-    diesel::sql_query(
-        "INSERT INTO cache_refresh_queue (kind, a, b, version) VALUES (?, ?, ?, ?) \
-         ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version)), \
-         enqueued_at = CURRENT_TIMESTAMP(6)",
-    )
-    .bind::<Unsigned<TinyInt>, _>(kind)
-    .bind::<Unsigned<BigInt>, _>(a)
-    .bind::<Unsigned<BigInt>, _>(b)
-    .bind::<Unsigned<BigInt>, _>(version)
-    .execute(conn)
-    .await
-    .map(|_| ())
-}
-
-/// Removes `entry` from the queue if the cache now holds `version` or newer
-/// (a higher version queued meanwhile stays).
-pub async fn dequeue(
-    conn: &mut AsyncMysqlConnection,
-    entry: Queued,
-    version: u64,
-) -> QueryResult<()> {
-    let (kind, a, b) = entry.columns();
-    diesel::delete(
-        cache_refresh_queue::table
-            .filter(cache_refresh_queue::kind.eq(kind))
-            .filter(cache_refresh_queue::a.eq(a))
-            .filter(cache_refresh_queue::b.eq(b))
-            .filter(cache_refresh_queue::version.le(version)),
-    )
-    .execute(conn)
-    .await
-    .map(|_| ())
-}
-
-/// Queue entries older than `min_age_ms` (fresher ones are still being
-/// refreshed by the request that made them), oldest first.
-pub async fn overdue(
-    conn: &mut AsyncMysqlConnection,
-    min_age_ms: u64,
-    limit: i64,
-) -> QueryResult<Vec<Queued>> {
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = Unsigned<TinyInt>)]
-        kind: u8,
-        #[diesel(sql_type = Unsigned<BigInt>)]
-        a: u64,
-        #[diesel(sql_type = Unsigned<BigInt>)]
-        b: u64,
-    }
-    let rows: Vec<Row> = diesel::sql_query(
-        "SELECT kind, a, b FROM cache_refresh_queue \
-         WHERE enqueued_at < NOW(6) - INTERVAL ? MICROSECOND ORDER BY enqueued_at LIMIT ?",
-    )
-    .bind::<Unsigned<BigInt>, _>(min_age_ms.saturating_mul(1000))
-    .bind::<BigInt, _>(limit)
-    .load(conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| match r.kind {
-            1 => Pair::new(UserId::new(r.a)?, UserId::new(r.b)?).map(Queued::Pair),
-            2 => UserId::new(r.a).map(Queued::User),
-            _ => None,
-        })
-        .collect())
 }

@@ -1,5 +1,6 @@
-//! The admin listener (CONTRACT section 6): `/internal/*` behind the internal
-//! token, never routed by the gateway. Health and readiness are here too.
+//! The admin listener (see `docs/api.md#admin-listener`): `/internal/*`
+//! behind the internal token, never routed by the gateway. Health,
+//! readiness and metrics are here too.
 
 use std::collections::HashSet;
 
@@ -9,13 +10,14 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
+use super::bodies::EventsReply;
 use super::errors::ApiError;
 use super::{body, endpoint, health, AppState, Worker};
 use crate::auth::AuthError;
-use crate::domain::UserId;
-use crate::events::{self, Notice};
-use crate::hooks::Refreshed;
-use crate::warm::{Progress, Scope};
+use crate::domain::{Subject, UserId};
+use crate::events;
+use crate::service::refresh::Refreshed;
+use crate::service::warm::{Progress, Scope};
 
 /// Registers the admin routes.
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
@@ -29,18 +31,18 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
 /// internal token: the admin listener is private, and scrapers rarely carry
 /// one.
 async fn get_metrics(state: web::Data<AppState>, worker: web::Data<Worker>) -> HttpResponse {
-    let Some(handle) = crate::metrics::handle() else {
+    let Some(handle) = crate::meters::handle() else {
         return HttpResponse::ServiceUnavailable().body("metrics recorder unavailable\n");
     };
     pool_gauges(
         "connstatus_mysql_pool_connections",
-        worker.hooks.db().status(),
+        worker.health.mysql_pool(),
     );
     pool_gauges(
         "connstatus_redis_pool_connections",
         worker.warmer.redis_status(),
     );
-    let open = if crate::cache::any_breaker_open() {
+    let open = if worker.health.redis_breaker_open() {
         1.0
     } else {
         0.0
@@ -63,6 +65,10 @@ fn pool_gauges(name: &'static str, status: deadpool::Status) {
         metrics::gauge!(name, "state" => state).set(value as f64);
     }
 }
+
+/// Refreshes of one events request run at once (each holds a MySQL
+/// connection while it reads).
+const EVENT_REFRESHES_AT_ONCE: usize = 8;
 
 /// The most users one warm request may name (each may have many pairs).
 const MAX_WARM_USERS: usize = 100;
@@ -164,23 +170,14 @@ async fn post_events(
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
     let value = authorized_json(&req, payload, &state).await?;
-    let notices = events::parse(&value, state.max_events).map_err(ApiError::BadRequest)?;
-    let ignored = notices.iter().filter(|n| **n == Notice::Ignored).count();
-    let processed = notices.len() - ignored;
-    let distinct: HashSet<Notice> = notices
-        .into_iter()
-        .filter(|n| *n != Notice::Ignored)
-        .collect();
+    let subjects = events::parse(&value, state.max_events).map_err(ApiError::BadRequest)?;
+    let processed = subjects.iter().flatten().count();
+    let ignored = subjects.len() - processed;
+    let distinct: HashSet<Subject> = subjects.into_iter().flatten().collect();
     let hooks = &worker.hooks;
     let refreshed: Vec<Refreshed> = stream::iter(distinct)
-        .map(|notice| async move {
-            match notice {
-                Notice::Pair(pair) => hooks.pair_changed(pair.low(), pair.high()).await,
-                Notice::User(user) => hooks.user_changed(user).await,
-                Notice::Ignored => Ok(Refreshed::default()),
-            }
-        })
-        .buffer_unordered(8)
+        .map(|subject| hooks.refresh(subject))
+        .buffer_unordered(EVENT_REFRESHES_AT_ONCE)
         .try_collect()
         .await
         .map_err(|e| ApiError::Unavailable(e.0))?;
@@ -191,5 +188,5 @@ async fn post_events(
             "events accepted; some refreshes queued until Redis answers"
         );
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({"processed": processed, "ignored": ignored})))
+    Ok(HttpResponse::Ok().json(EventsReply { processed, ignored }))
 }

@@ -1,28 +1,29 @@
-//! `POST /api/v2/user/connection/statuses/` (CONTRACT section 2.2): the
-//! statuses of many users at once, for feeds.
+//! `POST /api/v2/user/connection/statuses/` (see
+//! `docs/api.md#statuses-for-many-users-at-once`): the statuses of many
+//! users at once, for feeds.
 
-use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
+use super::bodies::{BatchBody, BatchRequest, Detail, Statuses};
 use super::caller::Caller;
 use super::errors::ApiError;
 use super::{body, AppState, Worker};
-use crate::domain::UserId;
+use crate::domain::{Status, UserId};
 
 /// `{"users": [1, 7, 9]}` → `{"connection_statuses": {"1": null, "7": "connected", ...}}`.
 #[utoipa::path(
     post,
     path = "/api/v2/user/connection/statuses/",
-    request_body = super::openapi::BatchRequest,
+    request_body = BatchRequest,
     responses(
-        (status = 200, description = "One status per distinct id", body = super::openapi::BatchBody),
-        (status = 400, description = "Not JSON, no users array, or not positive integers", body = super::openapi::Detail),
-        (status = 401, description = "No or bad credentials", body = super::openapi::Detail),
-        (status = 413, description = "Body too large", body = super::openapi::Detail),
-        (status = 415, description = "Not JSON", body = super::openapi::Detail),
-        (status = 429, description = "Too many requests in flight", body = super::openapi::Detail),
-        (status = 503, description = "MySQL needed and unavailable", body = super::openapi::Detail),
+        (status = 200, description = "One status per distinct id", body = BatchBody),
+        (status = 400, description = "Not JSON, no users array, or not positive integers", body = Detail),
+        (status = 401, description = "No or bad credentials", body = Detail),
+        (status = 413, description = "Body too large", body = Detail),
+        (status = 415, description = "Not JSON", body = Detail),
+        (status = 429, description = "Too many requests in flight", body = Detail),
+        (status = 503, description = "MySQL needed and unavailable", body = Detail),
     )
 )]
 /// Every distinct id is a key; ids of no existing user map to `null`.
@@ -36,7 +37,7 @@ pub async fn post_statuses(
     let raw = body::bytes(&req, payload, state.max_body_bytes).await?;
     // The usual body parses straight into ids; anything else takes the
     // slow path through a JSON value, which also says what is wrong.
-    let ids = match serde_json::from_slice::<Usual>(&raw) {
+    let ids = match serde_json::from_slice::<BatchRequest>(&raw) {
         Ok(usual) if !usual.users.contains(&0) => distinct(usual.users, state.max_batch_ids),
         _ => requested_ids(&body::parse(&raw)?, state.max_batch_ids),
     }
@@ -44,34 +45,18 @@ pub async fn post_statuses(
     // Ids beyond 2^63-1 are positive integers but can name no user: null,
     // without asking anyone.
     let targets: Vec<UserId> = ids.iter().filter_map(|&id| UserId::new(id)).collect();
-    let statuses = worker.statuses.statuses(caller.0, &targets).await?;
-    let mut body = String::with_capacity(32 + ids.len() * 40);
-    body.push_str("{\"connection_statuses\":{");
-    let mut found = targets.iter().zip(&statuses);
-    for (i, &id) in ids.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        let literal = match UserId::new(id) {
-            Some(_) => found.next().map_or("null", |(_, s)| s.json_literal()),
-            None => "null",
-        };
-        body.push('"');
-        body.push_str(itoa::Buffer::new().format(id));
-        body.push_str("\":");
-        body.push_str(literal);
-    }
-    body.push_str("}}");
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
-}
-
-/// The usual batch body: `{"users": [...]}` of unsigned integers (other
-/// fields ignored, as by [`requested_ids`]).
-#[derive(serde::Deserialize)]
-struct Usual {
-    users: Vec<u64>,
+    let found = worker.statuses.statuses(caller.0, &targets).await?;
+    let mut found = found.into_iter();
+    let statuses = ids
+        .iter()
+        .map(|&id| match UserId::new(id) {
+            Some(_) => found.next().unwrap_or(Status::Null),
+            None => Status::Null,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(BatchBody {
+        connection_statuses: Statuses { ids, statuses },
+    }))
 }
 
 /// The distinct ids of `{"users": [...]}`, in first-seen order; the error

@@ -1,12 +1,14 @@
 //! The one place where failures become HTTP answers: `{"detail": "..."}`
-//! with the right status and headers (CONTRACT section 3).
+//! with the right status and headers (see `docs/api.md#errors`).
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
+use super::bodies::Detail;
 use crate::auth::AuthError;
-use crate::status::LookupError;
+use crate::service::mutations::ActError;
+use crate::service::statuses::LookupError;
 
 /// Seconds a client should wait before retrying a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
@@ -58,7 +60,19 @@ impl From<LookupError> for ApiError {
     fn from(e: LookupError) -> Self {
         match e {
             LookupError::NotFound => ApiError::NotFound,
-            LookupError::Unavailable(why) => ApiError::Unavailable(why),
+            LookupError::Unavailable(why) => ApiError::Unavailable(why.0),
+        }
+    }
+}
+
+impl From<ActError> for ApiError {
+    fn from(e: ActError) -> Self {
+        match e {
+            ActError::Yourself => ApiError::BadRequest(e.to_string()),
+            ActError::NotFound => ApiError::NotFound,
+            ActError::CallerGone => ApiError::Forbidden(e.to_string()),
+            ActError::Conflict(reason) => ApiError::Conflict(reason.into()),
+            ActError::Unavailable(why) => ApiError::Unavailable(why),
         }
     }
 }
@@ -115,12 +129,6 @@ impl ResponseError for ApiError {
             detail: self.to_string(),
         })
     }
-}
-
-/// The error body.
-#[derive(serde::Serialize)]
-struct Detail {
-    detail: String,
 }
 
 #[cfg(test)]

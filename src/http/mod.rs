@@ -1,8 +1,10 @@
-//! The public HTTP surface: routes, shared state, and the pieces every
-//! handler uses (the authenticated caller, the error mapping).
+//! The HTTP surface: routes, shared state, and the pieces every handler uses
+//! (the authenticated caller, the error mapping, the body types). Handlers
+//! parse, call a service, and answer: no SQL and no cache calls here.
 
 pub mod admin;
 pub mod batch;
+pub mod bodies;
 pub mod body;
 pub mod caller;
 pub mod edge;
@@ -13,7 +15,6 @@ pub mod openapi;
 pub mod status;
 
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -21,9 +22,11 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 
 use crate::auth::Verifier;
-use crate::hooks::Hooks;
-use crate::status::StatusService;
-use crate::warm::Warmer;
+use crate::service::health::Health;
+use crate::service::mutations::Mutations;
+use crate::service::refresh::Hooks;
+use crate::service::statuses::StatusService;
+use crate::service::warm::Warmer;
 use errors::ApiError;
 
 /// What every worker of an instance shares.
@@ -44,19 +47,21 @@ pub struct AppState {
     pub inflight: std::sync::Arc<edge::Inflight>,
 }
 
-/// What each worker has of its own: the read path and the hooks, sharing
-/// one Redis connection made on the worker's thread.
+/// What each worker has of its own: the services, sharing one Redis
+/// connection made on the worker's thread.
 pub struct Worker {
     /// The read path.
     pub statuses: StatusService,
-    /// The cache-invalidation hooks.
+    /// Connection actions.
+    pub mutations: Mutations,
+    /// The refresh mechanism behind the events endpoint.
     pub hooks: Hooks,
     /// The warming job, for `POST /internal/v1/cache/warm`.
     pub warmer: Warmer,
+    /// Readiness and pool gauges.
+    pub health: Health,
     /// Tokens this worker verified recently.
     pub tokens: std::cell::RefCell<crate::auth::TokenCache>,
-    /// The most a MySQL call may take.
-    pub db_timeout: Duration,
 }
 
 /// Registers the public routes. Every path is served with and without its

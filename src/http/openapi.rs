@@ -1,30 +1,18 @@
 //! The OpenAPI 3 document of the public API, generated from the handlers'
-//! annotations, served at `GET /api/v2/openapi.json` (no token needed).
+//! annotations and the body types of [`super::bodies`] (the same types the
+//! handlers send), served at `GET /api/v2/openapi.json` (no token needed).
 
 use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// How the caller sees the other user.
-#[derive(ToSchema)]
-#[schema(as = ConnectionStatusValue)]
-#[allow(dead_code)] // documentation only: the handlers write these as fixed strings
-pub enum StatusValue {
-    /// Both are connected.
-    #[schema(rename = "connected")]
-    Connected,
-    /// The caller asked; no answer the caller may see.
-    #[schema(rename = "sent_connection_request")]
-    Sent,
-    /// The other user asked.
-    #[schema(rename = "received_connection_request")]
-    Received,
-}
+use super::bodies::{BatchBody, BatchRequest, ConnectionStatus, Detail, Health, StatusBody};
 
-/// The six actions of `POST /api/v2/user/{id}/connection/{action}/`.
-#[derive(ToSchema)]
+/// The six actions of `POST /api/v2/user/{id}/connection/{action}/` (path
+/// values only; the handler parses them with [`crate::domain::transitions::Action::parse`]).
+#[derive(utoipa::ToSchema)]
 #[schema(as = ConnectionAction)]
-#[allow(dead_code)]
+#[allow(dead_code)] // a schema of path values: never constructed
 pub enum ActionValue {
     /// Ask to connect (or accept, if the other already asked).
     #[schema(rename = "request")]
@@ -44,54 +32,6 @@ pub enum ActionValue {
     /// End a connection.
     #[schema(rename = "remove")]
     Remove,
-}
-
-/// `{"connection_status": ...}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct StatusBody {
-    /// `null` when there is no relation the caller may see.
-    #[schema(nullable = true, required = true)]
-    connection_status: Option<StatusValue>,
-}
-
-/// `{"users": [1, 7, 9]}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BatchRequest {
-    /// User ids (positive integers; duplicates are answered once).
-    #[schema(max_items = 1000)]
-    users: Vec<u64>,
-}
-
-/// `{"connection_statuses": {"1": null, "7": "connected"}}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct BatchBody {
-    /// One key per distinct requested id (as a decimal string); each value
-    /// a `ConnectionStatusValue` or `null`.
-    #[schema(value_type = Object)]
-    connection_statuses: std::collections::HashMap<String, Option<String>>,
-}
-
-/// Every error: `{"detail": "..."}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Detail {
-    /// What went wrong, for people.
-    detail: String,
-}
-
-/// `GET /healthz` and `/readyz` bodies.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Health {
-    /// `ok`, `ready`, `unavailable` or `shutting_down`.
-    status: String,
-    /// `up` or `down` (readiness only).
-    mysql: Option<String>,
-    /// `up` or `down` (readiness only).
-    redis: Option<String>,
 }
 
 struct BearerAuth;
@@ -122,7 +62,7 @@ impl Modify for BearerAuth {
         super::health::healthz,
         super::health::readyz,
     ),
-    components(schemas(StatusValue, ActionValue, StatusBody, BatchRequest, BatchBody, Detail, Health)),
+    components(schemas(ConnectionStatus, ActionValue, StatusBody, BatchRequest, BatchBody, Detail, Health)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

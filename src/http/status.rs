@@ -1,8 +1,9 @@
-//! `GET /api/v2/user/{id}/connection_status/` (CONTRACT section 2.1).
+//! `GET /api/v2/user/{id}/connection_status/` (see
+//! `docs/api.md#get-the-connection-status`).
 
-use actix_web::http::header::ContentType;
 use actix_web::{web, HttpResponse};
 
+use super::bodies::{Detail, StatusBody};
 use super::caller::Caller;
 use super::errors::ApiError;
 use super::Worker;
@@ -14,11 +15,11 @@ use crate::domain::UserId;
     path = "/api/v2/user/{id}/connection_status/",
     params(("id" = String, Path, description = "The other user: ASCII digits, 1 to 2^63-1", example = "2")),
     responses(
-        (status = 200, description = "The status as the caller sees it", body = super::openapi::StatusBody),
-        (status = 401, description = "No or bad credentials", body = super::openapi::Detail),
-        (status = 404, description = "No such user, or a malformed id", body = super::openapi::Detail),
-        (status = 429, description = "Too many requests in flight", body = super::openapi::Detail),
-        (status = 503, description = "MySQL needed and unavailable", body = super::openapi::Detail),
+        (status = 200, description = "The status as the caller sees it", body = StatusBody),
+        (status = 401, description = "No or bad credentials", body = Detail),
+        (status = 404, description = "No such user, or a malformed id", body = Detail),
+        (status = 429, description = "Too many requests in flight", body = Detail),
+        (status = 503, description = "MySQL needed and unavailable", body = Detail),
     )
 )]
 ///
@@ -31,9 +32,5 @@ pub async fn get_status(
 ) -> Result<HttpResponse, ApiError> {
     let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
     let status = worker.statuses.status(caller.0, target).await?;
-    // The body is one of four fixed strings: no serializer needed.
-    let body = format!("{{\"connection_status\":{}}}", status.json_literal());
-    Ok(HttpResponse::Ok()
-        .content_type(ContentType::json())
-        .body(body))
+    Ok(HttpResponse::Ok().json(StatusBody::from(status)))
 }

@@ -1,8 +1,7 @@
 //! The cache really serves, refuses older fills, and is never needed.
 
-use connstatus::cache::codec::{Presence, Versioned};
-use connstatus::cache::{Cache, Fill};
-use connstatus::domain::{Pair, Relation, Side, UserId};
+use connstatus::cache::Cache;
+use connstatus::domain::{Entry, Pair, Presence, Relation, Side, UserId, Versioned};
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -78,7 +77,7 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
     };
     assert_eq!(
         cache
-            .fill(&[Fill::Pair(pair, v3), Fill::User(id(2), user_v2)])
+            .refresh(&[Entry::Pair(pair, v3), Entry::User(id(2), user_v2)])
             .await
             .expect("fill"),
         2
@@ -94,7 +93,10 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
         value: Presence::Gone,
     };
     let written = cache
-        .fill(&[Fill::Pair(pair, stale_pair), Fill::User(id(2), stale_user)])
+        .refresh(&[
+            Entry::Pair(pair, stale_pair),
+            Entry::User(id(2), stale_user),
+        ])
         .await
         .expect("fill");
 
@@ -105,7 +107,10 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
     assert_eq!(held.user, Some(user_v2));
 
     // The same version again changes nothing; a newer one lands.
-    assert_eq!(cache.fill(&[Fill::Pair(pair, v3)]).await.expect("fill"), 0);
+    assert_eq!(
+        cache.refresh(&[Entry::Pair(pair, v3)]).await.expect("fill"),
+        0
+    );
     let v4 = Versioned {
         version: 4,
         value: Relation::Pending {
@@ -113,7 +118,10 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
             rejected: false,
         },
     };
-    assert_eq!(cache.fill(&[Fill::Pair(pair, v4)]).await.expect("fill"), 1);
+    assert_eq!(
+        cache.refresh(&[Entry::Pair(pair, v4)]).await.expect("fill"),
+        1
+    );
     assert_eq!(
         cache.lookup(id(2), Some(pair)).await.expect("lookup").pair,
         Some(v4)
@@ -138,7 +146,7 @@ async fn a_readers_fill_lands_only_in_an_empty_key() {
     // Empty keys are filled.
     assert_eq!(
         cache
-            .fill_missing(&[Fill::Pair(pair, at(3)), Fill::User(id(2), active)])
+            .fill_missing(&[Entry::Pair(pair, at(3)), Entry::User(id(2), active)])
             .await
             .expect("fill"),
         2
@@ -148,7 +156,7 @@ async fn a_readers_fill_lands_only_in_an_empty_key() {
     for version in [2, 3, 9] {
         assert_eq!(
             cache
-                .fill_missing(&[Fill::Pair(pair, at(version))])
+                .fill_missing(&[Entry::Pair(pair, at(version))])
                 .await
                 .expect("fill"),
             0
@@ -157,13 +165,7 @@ async fn a_readers_fill_lands_only_in_an_empty_key() {
     let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
     assert_eq!((held.pair, held.user), (Some(at(3)), Some(active)));
     // "This user row is gone" must overwrite, so it takes the script's way.
-    assert_eq!(
-        cache
-            .fill_missing(&[Fill::UserRowGone(id(2))])
-            .await
-            .expect("fill"),
-        1
-    );
+    assert_eq!(cache.mark_user_gone(id(2)).await.expect("fill"), 1);
     let held = cache.lookup(id(2), None).await.expect("lookup");
     assert_eq!(held.user.map(|u| u.value), Some(Presence::Gone));
     assert_eq!(

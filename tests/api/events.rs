@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use connstatus::cache::{Cache, Fill};
+use connstatus::cache::Cache;
 use connstatus::db::reads;
-use connstatus::domain::{Pair, UserId};
+use connstatus::domain::{Entry, Pair, UserId};
 use serde_json::{json, Value};
 
 use crate::helpers::{redis_url, spawn_app, spawn_app_with, Isolated, PrivateRedis};
@@ -273,7 +273,7 @@ async fn a_fill_that_read_before_a_committed_write_arrives_late_and_is_refused()
     let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
     let relation = slow_read.pair.expect("pair read");
     let written = cache
-        .fill(&[Fill::Pair(pair, relation)])
+        .refresh(&[Entry::Pair(pair, relation)])
         .await
         .expect("fill");
 

@@ -2,10 +2,10 @@
 
 use std::process::Command;
 
-use connstatus::cache::{Cache, Fill};
+use connstatus::cache::Cache;
 use connstatus::db::{self, reads};
-use connstatus::domain::UserId;
-use connstatus::warm::{Progress, Tuning, Warmer};
+use connstatus::domain::{Entry, UserId};
+use connstatus::service::warm::{Progress, Tuning, Warmer};
 use serde_json::{json, Value};
 
 use crate::helpers::{free_port, redis_url, spawn_app, spawn_app_on, Isolated};
@@ -134,10 +134,15 @@ async fn a_pair_changed_after_the_scan_is_not_overwritten_by_the_warm() {
         std::time::Duration::from_secs(5),
     )
     .expect("pool");
-    let warmer = Warmer::new(cache, redis, pool, Tuning::default());
-    let chunk: Vec<Fill> = scanned
+    let warmer = Warmer::new(
+        cache,
+        redis,
+        db::Db::new(pool, std::time::Duration::from_secs(5)),
+        Tuning::default(),
+    );
+    let chunk: Vec<Entry> = scanned
         .iter()
-        .map(|&(pair, v)| Fill::Pair(pair, v))
+        .map(|&(pair, v)| Entry::Pair(pair, v))
         .collect();
     let progress = Progress::default();
     warmer.write_chunk(&chunk, &progress).await;
@@ -145,8 +150,8 @@ async fn a_pair_changed_after_the_scan_is_not_overwritten_by_the_warm() {
     // Assert: the newer entry stands; the others were written.
     assert_eq!(app.store.cached("p:1:3").await.as_deref(), Some("2:c"));
     assert_eq!(app.status(3, 1).await.as_deref(), Some("connected"));
-    assert_eq!(connstatus::warm::count(&progress.skipped), 1);
-    assert_eq!(connstatus::warm::count(&progress.errors), 0);
+    assert_eq!(connstatus::service::warm::count(&progress.skipped), 1);
+    assert_eq!(connstatus::service::warm::count(&progress.errors), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

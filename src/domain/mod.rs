@@ -3,8 +3,14 @@
 //!
 //! These are pure types with private fields ("parse, don't validate"): once a
 //! value exists it is valid, so nothing downstream re-checks a raw integer.
+//! This module imports nothing else of the crate.
+
+mod entry;
+pub mod transitions;
 
 use std::fmt;
+
+pub use entry::{Entry, Presence, Subject, Versioned};
 
 /// A user id: a positive integer that fits a signed 64-bit column
 /// (`1..=i64::MAX`), as the platform's ids do.
@@ -177,7 +183,7 @@ impl Status {
 }
 
 impl Relation {
-    /// How the user on `viewer`'s side sees this relation (CONTRACT section 1):
+    /// How the user on `viewer`'s side sees this relation (see `docs/api.md#status-semantics`):
     /// a rejection is hidden from the requester, and the rejecting recipient
     /// sees nothing.
     pub fn status_for(self, viewer: Side) -> Status {

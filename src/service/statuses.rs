@@ -2,20 +2,18 @@
 //!
 //! Cache first (one `MGET` of the target user's entry and the pair's entry);
 //! on a miss one MySQL point select, shared by concurrent misses of the pair
-//! (see [`crate::flight`]), then a fill that lands only in keys still empty
-//! (see [`Cache::fill_missing`]). A Redis failure is never an error: the
+//! (see [`super::flight`]), then a fill that lands only in keys still empty
+//! (see [`crate::cache::Cache::fill_missing`]). A Redis failure is never an error: the
 //! answer comes from MySQL. Only a MySQL failure on a miss is (a 503 to the
 //! caller).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::cache::codec::{Presence, Versioned};
-use crate::cache::{Cache, Cached, Fill};
-use crate::db::{self, Pool};
-use crate::domain::{Pair, Relation, Status, UserId};
-use crate::flight::Flights;
-use crate::metrics::{self, Lookup};
+use super::flight::Flights;
+use crate::cache::{Cache, Cached};
+use crate::db::{self, Db, DbError};
+use crate::domain::{Entry, Pair, Presence, Relation, Status, UserId, Versioned};
+use crate::meters::{self, Lookup};
 
 /// Misses read from MySQL per query in a batch.
 const MISS_CHUNK: usize = 500;
@@ -50,8 +48,8 @@ pub enum LookupError {
     #[error("not found")]
     NotFound,
     /// MySQL was needed and is unavailable (down, pool exhausted, timeout).
-    #[error("database unavailable: {0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Unavailable(#[from] DbError),
 }
 
 /// What a miss read: the target's presence and the pair's relation.
@@ -73,32 +71,16 @@ pub struct StatusService {
 #[derive(Clone)]
 struct Reads {
     cache: Arc<Cache>,
-    db: Pool,
-    db_timeout: Duration,
+    db: Db,
 }
 
 impl StatusService {
-    /// A service over `cache` and `db`; every MySQL call is bounded by
-    /// `db_timeout` (pool wait included).
-    pub fn new(cache: Arc<Cache>, db: Pool, db_timeout: Duration) -> Self {
+    /// A service over `cache` and `db`.
+    pub fn new(cache: Arc<Cache>, db: Db) -> Self {
         Self {
-            reads: Reads {
-                cache,
-                db,
-                db_timeout,
-            },
+            reads: Reads { cache, db },
             flights: Flights::default(),
         }
-    }
-
-    /// The cache.
-    pub fn cache(&self) -> &Cache {
-        &self.reads.cache
-    }
-
-    /// The database pool.
-    pub fn db(&self) -> &Pool {
-        &self.reads.db
     }
 
     /// The status of `target` as `viewer` sees it; `NotFound` for a user
@@ -109,14 +91,14 @@ impl StatusService {
         let cached = match self.reads.cache.lookup(target, pair).await {
             Ok(cached) => {
                 if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
-                    metrics::cache_lookups(Lookup::Hit, 1);
+                    meters::cache_lookups(Lookup::Hit, 1);
                     return known;
                 }
-                metrics::cache_lookups(Lookup::Miss, 1);
+                meters::cache_lookups(Lookup::Miss, 1);
                 cached
             }
             Err(_) => {
-                metrics::cache_lookups(Lookup::Error, 1);
+                meters::cache_lookups(Lookup::Error, 1);
                 Cached::default()
             }
         };
@@ -131,7 +113,7 @@ impl StatusService {
             })
             .await;
         if joined {
-            metrics::single_flight_joined();
+            meters::single_flight_joined();
         }
         let (user, relation) = read?;
         answer(viewer, target, Some(user), relation).unwrap_or(Ok(Status::Null))
@@ -169,10 +151,10 @@ impl StatusService {
             .filter(|&i| answers[i].is_none())
             .collect();
         if redis_answered {
-            metrics::cache_lookups(Lookup::Hit, hits);
-            metrics::cache_lookups(Lookup::Miss, misses.len() as u64);
+            meters::cache_lookups(Lookup::Hit, hits);
+            meters::cache_lookups(Lookup::Miss, misses.len() as u64);
         } else {
-            metrics::cache_lookups(Lookup::Error, others.len() as u64);
+            meters::cache_lookups(Lookup::Error, others.len() as u64);
         }
         for chunk in misses.chunks(MISS_CHUNK) {
             let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
@@ -180,9 +162,9 @@ impl StatusService {
             let mut fills = Vec::with_capacity(chunk.len() * 2);
             for (&i, snapshot) in chunk.iter().zip(&snapshots) {
                 let target = targets[i];
-                fills.push(Fill::User(target, snapshot.user));
+                fills.push(Entry::User(target, snapshot.user));
                 if let (Some(pair), Some(relation)) = (Pair::new(viewer, target), snapshot.pair) {
-                    fills.push(Fill::Pair(pair, relation));
+                    fills.push(Entry::Pair(pair, relation));
                 }
                 answers[i] =
                     answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
@@ -250,15 +232,16 @@ impl Reads {
     ) -> MissRead {
         if let (Some(user), Some(pair)) = (known_user, pair) {
             let relation = self
-                .bounded(async |conn| db::reads::pair(conn, pair).await)
+                .db
+                .query(async |conn| db::reads::pair(conn, pair).await)
                 .await?;
-            self.fill(&[Fill::Pair(pair, relation)], foreign).await;
+            self.fill(&[Entry::Pair(pair, relation)], foreign).await;
             return Ok((user, Some(relation)));
         }
         let snapshot = self.read(target, pair).await?;
-        let mut fills = vec![Fill::User(target, snapshot.user)];
+        let mut fills = vec![Entry::User(target, snapshot.user)];
         if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
-            fills.push(Fill::Pair(pair, relation));
+            fills.push(Entry::Pair(pair, relation));
         }
         // A refused or failed fill changes nothing about this answer: the
         // cache either holds something newer or will be filled next time.
@@ -269,16 +252,16 @@ impl Reads {
     /// Fills what a miss read, counting the outcome; a failure only means
     /// the next read misses again. Only empty keys are filled, unless a key
     /// held a value that is not ours (`foreign`): that one is replaced.
-    async fn fill(&self, fills: &[Fill], foreign: bool) {
+    async fn fill(&self, fills: &[Entry], foreign: bool) {
         let filled = if foreign {
-            self.cache.fill(fills).await
+            self.cache.refresh(fills).await
         } else {
             self.cache.fill_missing(fills).await
         };
         match filled {
-            Ok(written) => metrics::cache_fills(written, fills.len() as u64),
+            Ok(written) => meters::cache_fills(written, fills.len() as u64),
             Err(e) => {
-                metrics::cache_fill_errors(fills.len() as u64);
+                meters::cache_fill_errors(fills.len() as u64);
                 tracing::debug!(error = %e, "cache fill skipped");
             }
         }
@@ -289,8 +272,10 @@ impl Reads {
         viewer: UserId,
         targets: &[UserId],
     ) -> Result<Vec<db::reads::Snapshot>, LookupError> {
-        self.bounded(async |conn| db::reads::snapshots(conn, viewer, targets).await)
-            .await
+        Ok(self
+            .db
+            .query(async |conn| db::reads::snapshots(conn, viewer, targets).await)
+            .await?)
     }
 
     async fn read(
@@ -298,40 +283,9 @@ impl Reads {
         target: UserId,
         pair: Option<Pair>,
     ) -> Result<db::reads::Snapshot, LookupError> {
-        self.bounded(async |conn| db::reads::snapshot(conn, target, pair).await)
-            .await
-    }
-
-    /// Runs a read on a pooled connection, within the MySQL timeout (the
-    /// pool wait included).
-    async fn bounded<T>(
-        &self,
-        read: impl AsyncFnOnce(&mut diesel_async::AsyncMysqlConnection) -> diesel::QueryResult<T>,
-    ) -> Result<T, LookupError> {
-        let work = async {
-            let waited = std::time::Instant::now();
-            let mut conn = self
-                .db
-                .get()
-                .await
-                .map_err(|e| LookupError::Unavailable(e.to_string()))?;
-            ::metrics::histogram!("connstatus_mysql_pool_wait_seconds")
-                .record(waited.elapsed().as_secs_f64());
-            match read(&mut conn).await {
-                Ok(value) => Ok(value),
-                Err(e) => {
-                    db::discard(conn);
-                    Err(LookupError::Unavailable(e.to_string()))
-                }
-            }
-        };
-        let result = tokio::time::timeout(self.db_timeout, work)
-            .await
-            .map_err(|_| LookupError::Unavailable("timed out".into()))
-            .and_then(|r| r);
-        if result.is_err() {
-            metrics::mysql_error();
-        }
-        result
+        Ok(self
+            .db
+            .query(async |conn| db::reads::snapshot(conn, target, pair).await)
+            .await?)
     }
 }

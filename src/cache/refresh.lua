@@ -1,4 +1,4 @@
--- Fill cache entries, each only if newer: the one write path of the cache.
+-- Refresh cache entries, each only if newer: the one write path of refreshes.
 -- KEYS[i]        an entry's key
 -- ARGV[3i-2]     its value, "<version>:<code>" (see codec.rs)
 -- ARGV[3i-1]     its TTL in seconds

@@ -1,10 +1,10 @@
-//! The six connection actions and what each does to a pair (CONTRACT
-//! section 2.3). Pure: storage applies the outcome, tests cover every state ×
+//! The six connection actions and what each does to a pair (see
+//! `docs/api.md#mutations`). Pure: storage applies the outcome, tests cover every state ×
 //! every action × both sides.
 
 use std::fmt;
 
-use crate::domain::{Relation, Side};
+use super::{Relation, Side};
 
 /// An action a caller takes towards another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

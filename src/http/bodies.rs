@@ -1,0 +1,149 @@
+//! The JSON bodies the service answers with. The handlers serialize these
+//! types, and the OpenAPI document is generated from the same types, so the
+//! document cannot drift from what is sent.
+
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use utoipa::ToSchema;
+
+use crate::domain::Status;
+
+/// How the caller sees the other user (`null` when there is no relation the
+/// caller may see).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ConnectionStatusValue)]
+pub enum ConnectionStatus {
+    /// Both are connected.
+    Connected,
+    /// The caller asked; no answer the caller may see.
+    SentConnectionRequest,
+    /// The other user asked.
+    ReceivedConnectionRequest,
+}
+
+impl ConnectionStatus {
+    /// The body value of a status (`None` is JSON `null`).
+    pub fn of(status: Status) -> Option<Self> {
+        match status {
+            Status::Connected => Some(Self::Connected),
+            Status::SentRequest => Some(Self::SentConnectionRequest),
+            Status::ReceivedRequest => Some(Self::ReceivedConnectionRequest),
+            Status::Null => None,
+        }
+    }
+}
+
+/// `{"connection_status": ...}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusBody {
+    /// `null` when there is no relation the caller may see.
+    #[schema(nullable = true, required = true)]
+    pub connection_status: Option<ConnectionStatus>,
+}
+
+impl From<Status> for StatusBody {
+    fn from(status: Status) -> Self {
+        Self {
+            connection_status: ConnectionStatus::of(status),
+        }
+    }
+}
+
+/// `{"users": [1, 7, 9]}`.
+#[derive(Debug, serde::Deserialize, ToSchema)]
+pub struct BatchRequest {
+    /// User ids (positive integers; duplicates are answered once).
+    #[schema(max_items = 1000)]
+    pub users: Vec<u64>,
+}
+
+/// `{"connection_statuses": {"1": null, "7": "connected"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchBody {
+    /// One key per distinct requested id (as a decimal string), in the order
+    /// first asked; each value a `ConnectionStatusValue` or `null`.
+    #[schema(value_type = Object)]
+    pub connection_statuses: Statuses,
+}
+
+/// The statuses of a batch, in the order of the ids asked (serialized as a
+/// JSON object without building a map first).
+#[derive(Debug)]
+pub struct Statuses {
+    /// The distinct ids, in the order first asked.
+    pub ids: Vec<u64>,
+    /// The status of each id.
+    pub statuses: Vec<Status>,
+}
+
+impl Serialize for Statuses {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.ids.len()))?;
+        let mut digits = itoa::Buffer::new();
+        for (&id, &status) in self.ids.iter().zip(&self.statuses) {
+            map.serialize_entry(digits.format(id), &ConnectionStatus::of(status))?;
+        }
+        map.end()
+    }
+}
+
+/// Every error: `{"detail": "..."}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Detail {
+    /// What went wrong, for people.
+    pub detail: String,
+}
+
+/// `GET /healthz` and `/readyz` bodies.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready`, `unavailable` or `shutting_down`.
+    pub status: &'static str,
+    /// `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mysql: Option<&'static str>,
+    /// `up` or `down` (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<&'static str>,
+}
+
+/// `POST /internal/v1/events`'s answer.
+#[derive(Debug, Serialize)]
+pub struct EventsReply {
+    /// Events of a known type.
+    pub processed: usize,
+    /// Events of a type connstatus does not know.
+    pub ignored: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(body: &T) -> String {
+        serde_json::to_string(body).expect("serializes")
+    }
+
+    #[test]
+    fn bodies_have_the_platforms_json() {
+        assert_eq!(
+            json(&StatusBody::from(Status::SentRequest)),
+            r#"{"connection_status":"sent_connection_request"}"#
+        );
+        assert_eq!(
+            json(&StatusBody::from(Status::Null)),
+            r#"{"connection_status":null}"#
+        );
+        let batch = BatchBody {
+            connection_statuses: Statuses {
+                ids: vec![9, 1, 7],
+                statuses: vec![Status::ReceivedRequest, Status::Null, Status::Connected],
+            },
+        };
+        assert_eq!(
+            json(&batch),
+            r#"{"connection_statuses":{"9":"received_connection_request","1":null,"7":"connected"}}"#
+        );
+    }
+}
