@@ -121,6 +121,12 @@ pub struct CacheSettings {
     pub redis_prefix: String,
     /// `CONNSTATUS_CACHE_TTL_SECONDS`: backstop TTL of an entry (±10% jitter).
     pub cache_ttl_seconds: u64,
+    /// `CONNSTATUS_NEGATIVE_TTL_SECONDS`: TTL of a cached "no such user" for
+    /// an id that never had a row.
+    pub negative_ttl_seconds: u64,
+    /// `CONNSTATUS_CACHE_LEASE_MS`: how long a miss's lease lasts; a fill
+    /// that comes later is dropped (so it should outlast a MySQL read).
+    pub cache_lease_ms: u64,
     /// `CONNSTATUS_REDIS_TIMEOUT_MS`: the most one request-path Redis call may
     /// take before the answer comes from MySQL instead.
     pub redis_timeout_ms: u64,
@@ -198,6 +204,11 @@ impl Settings {
             ("CONNSTATUS_MYSQL_TIMEOUT_MS", self.mysql_timeout_ms),
             ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
             ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
+            (
+                "CONNSTATUS_NEGATIVE_TTL_SECONDS",
+                self.cache.negative_ttl_seconds,
+            ),
+            ("CONNSTATUS_CACHE_LEASE_MS", self.cache.cache_lease_ms),
             ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
             ("CONNSTATUS_MAX_HEADER_BYTES", self.max_header_bytes as u64),
             ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),

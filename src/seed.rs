@@ -119,6 +119,7 @@ pub async fn run(url: &SecretString, spec: Spec, reset: bool) -> Result<Summary,
     if reset {
         conn.batch_execute(
             "SET FOREIGN_KEY_CHECKS = 0; TRUNCATE TABLE user_connections; TRUNCATE TABLE users; \
+             TRUNCATE TABLE user_tombstones; \
              SET FOREIGN_KEY_CHECKS = 1;",
         )
         .await

@@ -17,7 +17,7 @@
 //! newer, so a cached "not found" or "no relation" gives way to the first
 //! write without special cases.
 
-use crate::domain::{Pair, Presence, Relation, Side, UserId, Versioned};
+use crate::domain::{Pair, Presence, Relation, Side, Subject, UserId, Versioned};
 
 /// A value kind the cache stores, and its one-byte code.
 pub trait Code: Copy {
@@ -104,6 +104,12 @@ pub fn encode<T: Code>(entry: Versioned<T>) -> Vec<u8> {
     out
 }
 
+/// Whether a stored value is a reader's lease (`~<token>`): a miss, whose
+/// fill is under way.
+pub fn is_lease(raw: &[u8]) -> bool {
+    raw.first() == Some(&b'~')
+}
+
 /// Decodes a stored value; anything malformed is `None` and is treated as a
 /// miss, so a foreign or corrupted value can never become an answer.
 pub fn decode<T: Code>(raw: &[u8]) -> Option<Versioned<T>> {
@@ -173,6 +179,14 @@ impl Keys {
         key.push_str(&self.prefix);
         key.push_str("u:");
         key.push_str(a.format(user.get()));
+    }
+
+    /// The key of a subject's entry.
+    pub fn of(&self, subject: Subject) -> String {
+        match subject {
+            Subject::Pair(pair) => self.pair(pair),
+            Subject::User(user) => self.user(user),
+        }
     }
 
     /// The glob that matches every key under the prefix.

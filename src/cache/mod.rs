@@ -9,8 +9,9 @@
 //! is a cache, never the truth.
 //!
 //! Writes (see `write.rs`): [`Cache::refresh`] is the one only-if-newer step
-//! every refresh goes through (an atomic script); readers fill only keys that
-//! are still empty ([`Cache::fill_missing`]).
+//! every refresh goes through (an atomic script); readers fill only under a
+//! lease they took before reading MySQL ([`Cache::lease`],
+//! [`Cache::fill_leased`]).
 
 pub mod codec;
 mod read;
@@ -28,6 +29,7 @@ use crate::domain::Entry;
 use codec::Keys;
 
 pub use read::Cached;
+pub use write::Lease;
 
 /// Until when (Unix ms) some cache of this process has its breaker open: the
 /// breakers are per worker, the metric is per instance.
@@ -60,7 +62,10 @@ pub struct Cache {
     keys: Keys,
     conn: ConnectionManager,
     refresh_script: Script,
+    fill_script: Script,
     ttl_seconds: u64,
+    negative_ttl_seconds: u64,
+    lease_ms: u64,
     breaker_ms: u64,
     /// Milliseconds since `epoch` until which the breaker is open.
     open_until_ms: AtomicU64,
@@ -106,7 +111,10 @@ impl Cache {
             keys: Keys::new(&settings.redis_prefix),
             conn,
             refresh_script: Script::new(write::REFRESH_SCRIPT),
+            fill_script: Script::new(write::FILL_SCRIPT),
             ttl_seconds: settings.cache_ttl_seconds,
+            negative_ttl_seconds: settings.negative_ttl_seconds,
+            lease_ms: settings.cache_lease_ms,
             breaker_ms: settings.redis_breaker_ms,
             open_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),

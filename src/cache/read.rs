@@ -11,8 +11,9 @@ pub struct Cached {
     pub user: Option<Versioned<Presence>>,
     /// The pair's relation.
     pub pair: Option<Versioned<Relation>>,
-    /// Some key held a value that is not ours (it reads as a miss); a fill
-    /// must then overwrite it rather than only fill empty keys.
+    /// Some key held a value that is not ours (it reads as a miss, like a
+    /// reader's lease); the miss's lease must then replace it rather than
+    /// only take empty keys.
     pub foreign: bool,
 }
 
@@ -24,7 +25,7 @@ fn decode_noting<T: codec::Code>(
 ) -> Option<Versioned<T>> {
     let raw = raw?.as_deref()?;
     let value = codec::decode(raw);
-    *foreign |= value.is_none();
+    *foreign |= value.is_none() && !codec::is_lease(raw);
     value
 }
 

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
-use super::schema::{user_connections, users};
+use super::schema::{user_connections, user_tombstones, users};
 use super::state::State;
 use crate::domain::{Pair, Presence, Relation, UserId, Versioned};
 
@@ -131,18 +131,32 @@ pub async fn pair_for_update(
     Ok(relation(pair, row))
 }
 
-/// The user's presence now, or `None` when there is no row at all.
+/// The user's presence now. A user with no row is gone, at the version of
+/// its tombstone when it had a row once (so the version never goes back:
+/// see the tombstone migration), else at 0.
 pub async fn user(
     conn: &mut AsyncMysqlConnection,
     user: UserId,
-) -> QueryResult<Option<Versioned<Presence>>> {
+) -> QueryResult<Versioned<Presence>> {
     let row: Option<(u64, bool)> = users::table
         .find(user.get())
         .select((users::version, users::deleted_at.is_null()))
         .first(conn)
         .await
         .optional()?;
-    Ok(row.map(|row| presence(Some(row))))
+    if row.is_some() {
+        return Ok(presence(row));
+    }
+    let tombstone: Option<u64> = user_tombstones::table
+        .find(user.get())
+        .select(user_tombstones::version)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(Versioned {
+        version: tombstone.unwrap_or(0),
+        value: Presence::Gone,
+    })
 }
 
 /// Every pair row of `user`, on either side, with its relation.

@@ -29,7 +29,21 @@ diesel::table! {
     }
 }
 
-diesel::allow_tables_to_appear_in_same_query!(users, user_connections, cache_refresh_queue);
+diesel::table! {
+    /// The version a deleted user row's deletion stands for (see the
+    /// migration): reads of a missing user report it.
+    user_tombstones (id) {
+        id -> Unsigned<BigInt>,
+        version -> Unsigned<BigInt>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    users,
+    user_connections,
+    cache_refresh_queue,
+    user_tombstones
+);
 
 diesel::table! {
     /// Cache refreshes that have not landed yet (see the migration).

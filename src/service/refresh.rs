@@ -134,69 +134,70 @@ impl Hooks {
             .db
             .query(async |conn| reads::pairs_of(conn, user).await)
             .await?;
-        let mut done = Refreshed {
-            read: pairs.len() as u64,
-            ..Refreshed::default()
-        };
-        for chunk in pairs.chunks(FILL_CHUNK) {
-            let entries: Vec<Entry> = chunk.iter().map(|&(p, v)| Entry::Pair(p, v)).collect();
+        let subjects: Vec<Subject> = pairs.iter().map(|&(p, _)| Subject::Pair(p)).collect();
+        let mut done = Refreshed::default();
+        for chunk in subjects.chunks(FILL_CHUNK) {
             // No queue rows to settle here: a bulk refresh is not queued
             // unless it fails.
-            done += self
-                .settle(&entries, self.cache.refresh(&entries).await, false)
-                .await?;
+            done += self.refresh_all(chunk, false).await?;
         }
         Ok(done)
     }
 
-    /// Re-reads one subject from MySQL and writes it only if newer; on
+    /// Re-reads one subject from MySQL and writes it to the cache; on
     /// success its queue entry (if any) up to that version is done, on a
-    /// Redis failure it is queued. Every refresh ends here.
+    /// Redis failure it is queued.
     pub async fn refresh(&self, subject: Subject) -> Result<Refreshed, HookError> {
-        let entry = match subject {
-            Subject::Pair(pair) => {
-                let v = self
-                    .db
-                    .query(async |conn| reads::pair(conn, pair).await)
-                    .await?;
-                Some(Entry::Pair(pair, v))
+        self.refresh_all(&[subject], true).await
+    }
+
+    /// Every refresh ends here. Leases first, on each subject's key, taken
+    /// whatever the key holds (this refresh's read comes after, so it is at
+    /// least as new); then the MySQL reads; then the fills, each landing
+    /// only while its lease is still there. A later refresh or reader that
+    /// took the key since read later still; an eviction or a restart took
+    /// the lease away with the entry. Either way an older read never lands,
+    /// not even on a key emptied in between (see `docs/consistency.md#leases`).
+    async fn refresh_all(
+        &self,
+        subjects: &[Subject],
+        dequeue: bool,
+    ) -> Result<Refreshed, HookError> {
+        let leases = self.cache.lease(subjects, true).await;
+        let read = self
+            .db
+            .query(async |conn| {
+                let mut entries = Vec::with_capacity(subjects.len());
+                for &subject in subjects {
+                    entries.push(read_entry(conn, subject).await?);
+                }
+                Ok(entries)
+            })
+            .await;
+        let entries = match read {
+            Ok(entries) => entries,
+            Err(e) => {
+                if let Ok(leases) = leases {
+                    let back: Vec<_> = leases.into_iter().flatten().map(|l| (l, None)).collect();
+                    let _ = self.cache.fill_leased(&back).await;
+                }
+                return Err(e);
             }
-            Subject::User(user) => self
-                .db
-                .query(async |conn| reads::user(conn, user).await)
-                .await?
-                .map(|v| Entry::User(user, v)),
         };
-        let mut done = match entry {
-            Some(entry) => self.write(&[entry]).await?,
-            // A hard-deleted user row: its version went with it.
-            None => self.write_gone(subject).await?,
+        let outcome = match leases {
+            Ok(leases) => {
+                let fills: Vec<_> = leases
+                    .into_iter()
+                    .zip(&entries)
+                    .filter_map(|(lease, &entry)| Some((lease?, Some(entry))))
+                    .collect();
+                self.cache.fill_leased(&fills).await
+            }
+            Err(e) => Err(e),
         };
-        done.read = 1;
+        let mut done = self.settle(&entries, outcome, dequeue).await?;
+        done.read = entries.len() as u64;
         Ok(done)
-    }
-
-    /// Writes entries only if newer; on success their queue rows up to
-    /// those versions are done, on a Redis failure they are queued.
-    async fn write(&self, entries: &[Entry]) -> Result<Refreshed, HookError> {
-        self.settle(entries, self.cache.refresh(entries).await, true)
-            .await
-    }
-
-    /// "No such user" for a user whose row is gone.
-    async fn write_gone(&self, subject: Subject) -> Result<Refreshed, HookError> {
-        let Subject::User(user) = subject else {
-            return Ok(Refreshed::default());
-        };
-        let outcome = self.cache.mark_user_gone(user).await;
-        let gone = Entry::User(
-            user,
-            crate::domain::Versioned {
-                version: 0,
-                value: crate::domain::Presence::Gone,
-            },
-        );
-        self.settle(&[gone], outcome, true).await
     }
 
     /// Records the outcome of writing `entries` in the metrics and the
@@ -268,6 +269,17 @@ impl Hooks {
         }
         Ok(landed)
     }
+}
+
+/// A subject as MySQL has it now.
+async fn read_entry(
+    conn: &mut diesel_async::AsyncMysqlConnection,
+    subject: Subject,
+) -> diesel::QueryResult<Entry> {
+    Ok(match subject {
+        Subject::Pair(pair) => Entry::Pair(pair, reads::pair(conn, pair).await?),
+        Subject::User(user) => Entry::User(user, reads::user(conn, user).await?),
+    })
 }
 
 /// Runs [`Hooks::sweep`] every `every` until the process ends: the retry

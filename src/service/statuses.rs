@@ -2,17 +2,18 @@
 //!
 //! Cache first (one `MGET` of the target user's entry and the pair's entry);
 //! on a miss one MySQL point select, shared by concurrent misses of the pair
-//! (see [`super::flight`]), then a fill that lands only in keys still empty
-//! (see [`crate::cache::Cache::fill_missing`]). A Redis failure is never an error: the
-//! answer comes from MySQL. Only a MySQL failure on a miss is (a 503 to the
-//! caller).
+//! (see [`super::flight`]). A miss takes leases on the keys it missed
+//! before it reads MySQL, and fills under them (see
+//! [`crate::cache::Cache::lease`]): a fill that may be older than the newest
+//! write never lands. A Redis failure is never an error: the answer comes
+//! from MySQL. Only a MySQL failure on a miss is (a 503 to the caller).
 
 use std::sync::Arc;
 
 use super::flight::Flights;
-use crate::cache::{Cache, Cached};
+use crate::cache::{Cache, Cached, Lease};
 use crate::db::{self, Db, DbError};
-use crate::domain::{Entry, Pair, Presence, Relation, Status, UserId, Versioned};
+use crate::domain::{Entry, Pair, Presence, Relation, Status, Subject, UserId, Versioned};
 use crate::meters::{self, Lookup};
 
 /// Misses read from MySQL per query in a batch.
@@ -34,6 +35,18 @@ fn answer(
         }
         (Presence::Active, Some(_), None) => None,
     }
+}
+
+/// The pair entry a miss fills, unless the other user has never had a row:
+/// then only the user's (short-lived) "no such user" is cached, so that
+/// lookups of made-up ids leave one short entry each, not two long ones.
+fn fillable_pair(
+    user: Versioned<Presence>,
+    pair: Pair,
+    relation: Versioned<Relation>,
+) -> Option<Entry> {
+    let never_existed = user.version == 0 && user.value == Presence::Gone;
+    (!never_existed).then_some(Entry::Pair(pair, relation))
 }
 
 /// In a batch, a user who does not exist reads as `null`.
@@ -158,18 +171,37 @@ impl StatusService {
         }
         for chunk in misses.chunks(MISS_CHUNK) {
             let wanted: Vec<UserId> = chunk.iter().map(|&i| targets[i]).collect();
-            let snapshots = self.reads.read_many(viewer, &wanted).await?;
-            let mut fills = Vec::with_capacity(chunk.len() * 2);
-            for (&i, snapshot) in chunk.iter().zip(&snapshots) {
-                let target = targets[i];
-                fills.push(Entry::User(target, snapshot.user));
-                if let (Some(pair), Some(relation)) = (Pair::new(viewer, target), snapshot.pair) {
-                    fills.push(Entry::Pair(pair, relation));
+            let subjects: Vec<Subject> = wanted
+                .iter()
+                .flat_map(|&t| {
+                    [
+                        Some(Subject::User(t)),
+                        Pair::new(viewer, t).map(Subject::Pair),
+                    ]
+                })
+                .flatten()
+                .collect();
+            // The entries in the order of `subjects`.
+            let read = async || {
+                let snapshots = self.reads.read_many(viewer, &wanted).await?;
+                let mut entries = Vec::with_capacity(subjects.len());
+                for (&target, snapshot) in wanted.iter().zip(&snapshots) {
+                    entries.push(Some(Entry::User(target, snapshot.user)));
+                    if let Some(pair) = Pair::new(viewer, target) {
+                        entries.push(
+                            snapshot
+                                .pair
+                                .and_then(|r| fillable_pair(snapshot.user, pair, r)),
+                        );
+                    }
                 }
-                answers[i] =
-                    answer(viewer, target, Some(snapshot.user), snapshot.pair).map(batch_status);
+                Ok((snapshots, entries))
+            };
+            let snapshots = self.reads.leased(&subjects, foreign, read).await?;
+            for (&i, snapshot) in chunk.iter().zip(&snapshots) {
+                answers[i] = answer(viewer, targets[i], Some(snapshot.user), snapshot.pair)
+                    .map(batch_status);
             }
-            self.reads.fill(&fills, foreign).await;
         }
         Ok(answers
             .into_iter()
@@ -221,8 +253,9 @@ impl StatusService {
 }
 
 impl Reads {
-    /// A single GET's miss: one point select (only the pair's row when the
-    /// user's entry is known), then the fill.
+    /// A single GET's miss: leases on the missed keys, one point select
+    /// (only the pair's row when the user's entry is known), then the fills
+    /// under the leases.
     async fn miss(
         &self,
         target: UserId,
@@ -231,37 +264,73 @@ impl Reads {
         foreign: bool,
     ) -> MissRead {
         if let (Some(user), Some(pair)) = (known_user, pair) {
-            let relation = self
-                .db
-                .query(async |conn| db::reads::pair(conn, pair).await)
-                .await?;
-            self.fill(&[Entry::Pair(pair, relation)], foreign).await;
+            let read = async || {
+                let relation = self
+                    .db
+                    .query(async |conn| db::reads::pair(conn, pair).await)
+                    .await?;
+                Ok((relation, vec![Some(Entry::Pair(pair, relation))]))
+            };
+            let relation = self.leased(&[Subject::Pair(pair)], foreign, read).await?;
             return Ok((user, Some(relation)));
         }
-        let snapshot = self.read(target, pair).await?;
-        let mut fills = vec![Entry::User(target, snapshot.user)];
-        if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
-            fills.push(Entry::Pair(pair, relation));
-        }
-        // A refused or failed fill changes nothing about this answer: the
-        // cache either holds something newer or will be filled next time.
-        self.fill(&fills, foreign).await;
-        Ok((snapshot.user, snapshot.pair))
+        let mut subjects = vec![Subject::User(target)];
+        subjects.extend(pair.map(Subject::Pair));
+        let read = async || {
+            let snapshot = self.read(target, pair).await?;
+            let mut entries = vec![Some(Entry::User(target, snapshot.user))];
+            if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
+                entries.push(fillable_pair(snapshot.user, pair, relation));
+            }
+            Ok(((snapshot.user, snapshot.pair), entries))
+        };
+        self.leased(&subjects, foreign, read).await
     }
 
-    /// Fills what a miss read, counting the outcome; a failure only means
-    /// the next read misses again. Only empty keys are filled, unless a key
-    /// held a value that is not ours (`foreign`): that one is replaced.
-    async fn fill(&self, fills: &[Entry], foreign: bool) {
-        let filled = if foreign {
-            self.cache.refresh(fills).await
-        } else {
-            self.cache.fill_missing(fills).await
-        };
-        match filled {
-            Ok(written) => meters::cache_fills(written, fills.len() as u64),
+    /// Takes leases on `subjects`, runs `read` (which answers, and gives
+    /// the entry to fill for each subject, in the same order, `None` for
+    /// none), then fills each entry whose lease it holds. Without Redis,
+    /// nothing is leased and nothing filled: the answer stands.
+    async fn leased<T>(
+        &self,
+        subjects: &[Subject],
+        foreign: bool,
+        read: impl AsyncFnOnce() -> Result<(T, Vec<Option<Entry>>), LookupError>,
+    ) -> Result<T, LookupError> {
+        let leases = match self.cache.lease(subjects, foreign).await {
+            Ok(leases) => leases,
             Err(e) => {
-                meters::cache_fill_errors(fills.len() as u64);
+                tracing::debug!(error = %e, "no lease: the miss will not fill");
+                Vec::new()
+            }
+        };
+        let read = read().await;
+        let entries = match &read {
+            Ok((_, entries)) => entries.as_slice(),
+            // Nothing to fill: the leases are given back all the same.
+            Err(_) => &[],
+        };
+        let fills: Vec<(Lease, Option<Entry>)> = leases
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, lease)| Some((lease?, entries.get(i).copied().flatten())))
+            .collect();
+        self.fill(&fills).await;
+        read.map(|(answer, _)| answer)
+    }
+
+    /// Fills what a miss read under its leases, counting the outcome; a
+    /// refused fill (the lease was gone) or a failure only means the next
+    /// read misses again.
+    async fn fill(&self, fills: &[(Lease, Option<Entry>)]) {
+        if fills.is_empty() {
+            return;
+        }
+        let n = fills.iter().filter(|(_, entry)| entry.is_some()).count() as u64;
+        match self.cache.fill_leased(fills).await {
+            Ok(written) => meters::cache_fills(written, n),
+            Err(e) => {
+                meters::cache_fill_errors(n);
                 tracing::debug!(error = %e, "cache fill skipped");
             }
         }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::cache::Cache;
 use crate::db::scans::{self, After, Page};
 use crate::db::{reads, Db, DbError};
-use crate::domain::{Entry, Pair, Presence, UserId, Versioned};
+use crate::domain::{Entry, Pair, UserId};
 
 /// What to warm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -302,11 +302,7 @@ impl Warmer {
                 let presence = self
                     .db
                     .query(async |conn| reads::user(conn, user).await)
-                    .await?
-                    .unwrap_or(Versioned {
-                        version: 0,
-                        value: Presence::Gone,
-                    });
+                    .await?;
                 Ok((vec![Entry::User(user, presence)], None))
             }
             Source::With(user, with) => self.page_with(*user, with, after).await,
