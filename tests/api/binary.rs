@@ -178,6 +178,7 @@ async fn migrate_creates_the_database_and_is_idempotent() {
             crate::helpers::unique("cs_test_new_")
         ),
         prefix: store.prefix.clone(),
+        owned: true,
     };
     let mut command = connstatus(&store);
     command

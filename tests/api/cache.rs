@@ -129,7 +129,8 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_readers_fill_lands_only_in_an_empty_key() {
+async fn a_readers_fill_lands_only_under_its_own_lease() {
+    use connstatus::domain::Subject;
     let store = Isolated::new().await;
     let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
     let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
@@ -138,41 +139,61 @@ async fn a_readers_fill_lands_only_in_an_empty_key() {
         version,
         value: Relation::Connected,
     };
-    let active = Versioned {
-        version: 1,
-        value: Presence::Active,
+    let lease_on = async |subject| {
+        cache
+            .lease(&[subject], false)
+            .await
+            .expect("lease")
+            .pop()
+            .flatten()
     };
 
-    // Empty keys are filled.
+    // An empty key is leased, and the fill under the lease lands.
+    let lease = lease_on(Subject::Pair(pair)).await.expect("leased");
+    assert!(
+        lease_on(Subject::Pair(pair)).await.is_none(),
+        "a second reader gets no lease while one is out"
+    );
+    let fill = [(lease, Some(Entry::Pair(pair, at(3))))];
+    assert_eq!(cache.fill_leased(&fill).await.expect("fill"), 1);
+    assert_eq!(store.cached("p:1:2").await.as_deref(), Some("3:c"));
+    // A key that holds a value is not leased: a reader never replaces one.
+    assert!(lease_on(Subject::Pair(pair)).await.is_none());
+
+    // A refresh in between takes the lease away: the late fill is refused
+    // and the refresh's value stays.
+    let user = Subject::User(id(2));
+    let lease = lease_on(user).await.expect("leased");
+    let newer = Versioned {
+        version: 5,
+        value: Presence::Active,
+    };
     assert_eq!(
         cache
-            .fill_missing(&[Entry::Pair(pair, at(3)), Entry::User(id(2), active)])
+            .refresh(&[Entry::User(id(2), newer)])
             .await
-            .expect("fill"),
-        2
+            .expect("refresh"),
+        1
     );
-    // A value there is never replaced by a reader, older or newer: replacing
-    // is the refresh's job (only-if-newer), and a reader's read may be older.
-    for version in [2, 3, 9] {
-        assert_eq!(
-            cache
-                .fill_missing(&[Entry::Pair(pair, at(version))])
-                .await
-                .expect("fill"),
-            0
-        );
-    }
-    let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
-    assert_eq!((held.pair, held.user), (Some(at(3)), Some(active)));
-    // "This user row is gone" must overwrite, so it takes the script's way.
-    assert_eq!(cache.mark_user_gone(id(2)).await.expect("fill"), 1);
-    let held = cache.lookup(id(2), None).await.expect("lookup");
-    assert_eq!(held.user.map(|u| u.value), Some(Presence::Gone));
-    assert_eq!(
-        store.cached("p:1:2").await.as_deref(),
-        Some("3:c"),
-        "the pair entry is untouched"
-    );
+    let stale = Versioned {
+        version: 4,
+        value: Presence::Gone,
+    };
+    let fill = [(lease, Some(Entry::User(id(2), stale)))];
+    assert_eq!(cache.fill_leased(&fill).await.expect("fill"), 0);
+    assert_eq!(store.cached("u:2").await.as_deref(), Some("5:a"));
+
+    // So does an eviction: the key stays empty rather than take the fill.
+    let user = Subject::User(id(3));
+    let lease = lease_on(user).await.expect("leased");
+    let mut redis = store.redis().await;
+    let _: () = redis
+        .del(format!("{}u:3", store.prefix))
+        .await
+        .expect("DEL");
+    let fill = [(lease, Some(Entry::User(id(3), stale)))];
+    assert_eq!(cache.fill_leased(&fill).await.expect("fill"), 0);
+    assert_eq!(store.cached("u:3").await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

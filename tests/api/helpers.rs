@@ -49,6 +49,8 @@ pub struct Isolated {
     pub database_url: String,
     /// The Redis key prefix of this test.
     pub prefix: String,
+    /// Whether dropping this handle removes the database and the keys.
+    pub owned: bool,
 }
 
 impl Isolated {
@@ -66,6 +68,7 @@ impl Isolated {
         Self {
             database_url,
             prefix: format!("{}:", unique("cstest:")),
+            owned: true,
         }
     }
 
@@ -112,6 +115,9 @@ impl Isolated {
 
 impl Drop for Isolated {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let url = SecretString::from(self.database_url.clone());
         let prefix = self.prefix.clone();
         // Drop may run during a panic, inside or outside a runtime: clean up
@@ -581,4 +587,123 @@ pub async fn metrics_text(app: &TestApp) -> String {
         .text()
         .await
         .expect("text")
+}
+
+/// Another instance of the service over the same database and key prefix as
+/// `app` (as instances behind a balancer are), with `overrides`.
+pub async fn another_instance(app: &TestApp, overrides: &[(&str, Value)]) -> TestApp {
+    let mut figment: Figment = Settings::figment("config", "test")
+        .merge(("database_url", app.store.database_url.clone()))
+        .merge(("redis_url", redis_url()))
+        .merge(("redis_prefix", app.store.prefix.clone()))
+        .merge(("bind", "127.0.0.1:0"))
+        .merge(("admin_bind", "127.0.0.1:0"))
+        .merge(("workers", 1));
+    for (key, value) in overrides {
+        figment = figment.merge((*key, value.clone()));
+    }
+    let settings = Settings::from_figment(figment).expect("valid settings");
+    let built = Application::build(&settings).await.expect("build");
+    let address = format!("http://127.0.0.1:{}", built.port());
+    let admin_address = format!("http://127.0.0.1:{}", built.admin_port());
+    tokio::spawn(built.run_until_stopped());
+    TestApp {
+        address,
+        admin_address,
+        settings,
+        // Owned by `app`: this handle must not drop the database.
+        store: Isolated::borrowed(&app.store),
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Isolated {
+    /// A handle on `other`'s database and prefix that does not remove them
+    /// when dropped.
+    fn borrowed(other: &Isolated) -> Self {
+        Self {
+            database_url: other.database_url.clone(),
+            prefix: other.prefix.clone(),
+            owned: false,
+        }
+    }
+}
+
+/// A TCP proxy to `upstream` that can hold back what the server sends: while
+/// held, bytes from the server are read and kept, and reach the client only
+/// once released. Used to stop a reply in flight at the worst moment.
+pub struct HoldingProxy {
+    /// The port clients connect to.
+    pub port: u16,
+    hold: tokio::sync::watch::Sender<bool>,
+    held: std::sync::Arc<AtomicU64>,
+}
+
+impl HoldingProxy {
+    /// Starts forwarding to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (hold, watch) = tokio::sync::watch::channel(false);
+        let held = std::sync::Arc::new(AtomicU64::new(0));
+        let (upstream, counter) = (upstream.to_owned(), held.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                });
+                let (mut watch, counter) = (watch.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match server_read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if *watch.borrow() {
+                            counter.fetch_add(n as u64, Ordering::SeqCst);
+                            while *watch.borrow_and_update() {
+                                if watch.changed().await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, hold, held }
+    }
+
+    /// From now on, replies are held back.
+    pub fn hold(&self) {
+        self.hold.send_replace(true);
+    }
+
+    /// Waits until some reply is being held (the server has answered).
+    pub async fn until_a_reply_is_held(&self) {
+        for _ in 0..200 {
+            if self.held.load(Ordering::SeqCst) > 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no reply reached the proxy");
+    }
+
+    /// Lets held replies (and all later ones) through.
+    pub fn release(&self) {
+        self.hold.send_replace(false);
+    }
 }

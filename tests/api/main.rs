@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod helpers;
 mod mutations;
+mod never_wrong;
 mod operations;
 mod routes;
 mod schema;

@@ -1,0 +1,207 @@
+//! The cache's stale windows, each forced open on purpose at the worst
+//! moment: an answer must never be older than MySQL once writes stop.
+
+use serde_json::json;
+
+use crate::helpers::{another_instance, spawn_app, HoldingProxy};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_fill_never_lands_after_a_newer_entry_was_evicted() {
+    // Arrange: instance B talks to MySQL directly; instance A, over the same
+    // database and keys, through a proxy that can hold MySQL's replies back.
+    let b = spawn_app().await;
+    b.users(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
+    let proxy = HoldingProxy::start("127.0.0.1:3306").await;
+    // (mysql_async would otherwise switch to MariaDB's Unix socket, around
+    // the proxy.)
+    let proxied = format!(
+        "{}?prefer_socket=false",
+        b.store
+            .database_url
+            .replace("127.0.0.1:3306", &format!("127.0.0.1:{}", proxy.port))
+    );
+    let a = another_instance(
+        &b,
+        &[
+            ("database_url", json!(proxied)),
+            ("mysql_pool_size", json!(1)),
+        ],
+    )
+    .await;
+    // A's one pooled connection is made now, not while replies are held.
+    assert_eq!(a.status(10, 9).await, None);
+
+    for other in 2..=9u64 {
+        // Act: A misses on (1, other) and reads MySQL (no relation yet); its
+        // reply is held. Meanwhile B requests a connection (commit and
+        // refresh), and the refreshed entry is evicted. Then A's reply goes on.
+        proxy.hold();
+        let reader = {
+            let a_url = a.address.clone();
+            let token = a.token(1);
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .get(format!("{a_url}/api/v2/user/{other}/connection_status/"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("request")
+                    .status()
+            })
+        };
+        proxy.until_a_reply_is_held().await;
+        assert_eq!(b.act(1, &other.to_string(), "request").await.status(), 200);
+        let key = format!("{}p:1:{other}", b.store.prefix);
+        let mut redis = b.store.redis().await;
+        let _: () = redis::AsyncCommands::del(&mut redis, &key)
+            .await
+            .expect("DEL");
+        proxy.release();
+        assert_eq!(reader.await.expect("task"), 200);
+
+        // Assert: the old "no relation" was not put back; every read says
+        // what MySQL says.
+        let cached = b.store.cached(&format!("p:1:{other}")).await;
+        assert!(
+            cached.as_deref() != Some("0:n"),
+            "pair (1, {other}): the late fill landed: {cached:?}"
+        );
+        assert_eq!(
+            a.status(1, other).await.as_deref(),
+            Some("sent_connection_request"),
+            "pair (1, {other}) through A"
+        );
+        assert_eq!(
+            b.status(other, 1).await.as_deref(),
+            Some("received_connection_request"),
+            "pair (1, {other}) through B"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_for_good_and_created_again_is_found_again() {
+    // Arrange: user 7 is soft-deleted and the cache knows it ("gone" at
+    // version 2); then the row is deleted for good, with no event.
+    let app = spawn_app().await;
+    app.users(&[1, 7]).await;
+    assert_eq!(app.status(1, 7).await, None);
+    app.store
+        .sql("UPDATE users SET deleted_at = NOW(6) WHERE id = 7")
+        .await;
+    let deleted = json!({"type": "user.deleted", "data": {"user": {"id": 7}}});
+    assert_eq!(app.events(&deleted).await.status(), 200);
+    assert_eq!(app.status_of(1, "7").await.status(), 404);
+    app.store.sql("DELETE FROM users WHERE id = 7").await;
+
+    // Act: the user is created again, and the event sent.
+    app.users(&[7]).await;
+    let created = json!({"type": "user.created", "data": {"user": {"id": 7}}});
+    assert_eq!(app.events(&created).await.status(), 200);
+
+    // Assert: found; its version continued above the deleted row's.
+    assert_eq!(app.status(1, 7).await, None, "found, no relation");
+    let cached = app.store.cached("u:7").await.expect("cached");
+    assert!(cached.ends_with(":a"), "{cached}");
+    let version: u64 = cached
+        .split(':')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a version");
+    assert!(version > 2, "the version went back to {version}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_that_never_existed_leave_one_short_lived_entry_each() {
+    let app = spawn_app_with_short_negatives().await;
+    app.users(&[1]).await;
+    for id in [424_242u64, 9_000_000_001, 77] {
+        assert_eq!(app.status_of(1, &id.to_string()).await.status(), 404);
+        let mut redis = app.store.redis().await;
+        let user_ttl: i64 = redis::cmd("TTL")
+            .arg(format!("{}u:{id}", app.store.prefix))
+            .query_async(&mut redis)
+            .await
+            .expect("TTL");
+        assert!(
+            (1..=30).contains(&user_ttl),
+            "user {id}: TTL {user_ttl}, want the negative TTL (30 s)"
+        );
+        assert_eq!(
+            app.store.cached(&format!("p:1:{id}")).await,
+            None,
+            "no pair entry for a user that does not exist"
+        );
+        // Still answered from the cache while it lasts.
+        assert_eq!(app.status_of(1, &id.to_string()).await.status(), 404);
+    }
+}
+
+async fn spawn_app_with_short_negatives() -> crate::helpers::TestApp {
+    crate::helpers::spawn_app_with(&[("negative_ttl_seconds", json!(30))]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_refresh_never_lands_after_a_newer_entry_was_evicted() {
+    // Arrange as for the reader's fill: A reaches MySQL through a proxy that
+    // can hold replies; B directly.
+    let b = spawn_app().await;
+    b.users(&[1, 2, 3, 4]).await;
+    let proxy = HoldingProxy::start("127.0.0.1:3306").await;
+    let proxied = format!(
+        "{}?prefer_socket=false",
+        b.store
+            .database_url
+            .replace("127.0.0.1:3306", &format!("127.0.0.1:{}", proxy.port))
+    );
+    let a = another_instance(
+        &b,
+        &[
+            ("database_url", json!(proxied)),
+            ("mysql_pool_size", json!(1)),
+        ],
+    )
+    .await;
+    assert_eq!(a.status(4, 3).await, None);
+
+    for other in 2..=3u64 {
+        // Act: an event makes A refresh (1, other): it reads "no relation",
+        // and the reply is held. B then connects the pair (commit, refresh),
+        // the entry is evicted, and A's refresh goes on.
+        proxy.hold();
+        let event = json!({"type": "connection.created",
+                           "data": {"from_user": {"id": 1}, "to_user": {"id": other}}});
+        let refresher = {
+            let a_admin = a.admin();
+            let token = secrecy::ExposeSecret::expose_secret(&a.settings.internal_token).to_owned();
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{a_admin}/internal/v1/events"))
+                    .bearer_auth(token)
+                    .json(&event)
+                    .send()
+                    .await
+                    .expect("request")
+                    .status()
+            })
+        };
+        proxy.until_a_reply_is_held().await;
+        assert_eq!(b.act(1, &other.to_string(), "request").await.status(), 200);
+        assert_eq!(b.act(other, "1", "accept").await.status(), 200);
+        let mut redis = b.store.redis().await;
+        let _: () = redis::AsyncCommands::del(&mut redis, format!("{}p:1:{other}", b.store.prefix))
+            .await
+            .expect("DEL");
+        proxy.release();
+        assert_eq!(refresher.await.expect("task"), 200);
+
+        // Assert: the old state was not written back.
+        let cached = b.store.cached(&format!("p:1:{other}")).await;
+        assert!(
+            cached.as_deref() != Some("0:n"),
+            "pair (1, {other}): the late refresh landed: {cached:?}"
+        );
+        assert_eq!(a.status(1, other).await.as_deref(), Some("connected"));
+        assert_eq!(b.status(other, 1).await.as_deref(), Some("connected"));
+    }
+}
