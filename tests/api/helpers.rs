@@ -707,3 +707,21 @@ impl HoldingProxy {
         self.hold.send_replace(false);
     }
 }
+
+impl PrivateRedis {
+    /// Stops the server's process (SIGSTOP): it keeps its data and its
+    /// connections, and answers nothing until resumed.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Resumes a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+        nix::sys::signal::kill(pid, signal).expect("signal redis-server");
+    }
+}

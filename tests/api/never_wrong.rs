@@ -205,3 +205,97 @@ async fn a_late_refresh_never_lands_after_a_newer_entry_was_evicted() {
         assert_eq!(b.status(other, 1).await.as_deref(), Some("connected"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_stalls_every_entry_agrees_with_mysql_within_two_seconds() {
+    // Arrange: a service on a Redis of the test's own, two pairs cached.
+    let mut redis = crate::helpers::PrivateRedis::start().await;
+    let app = crate::helpers::spawn_app_with(&[
+        ("redis_url", json!(redis.url())),
+        ("redis_timeout_ms", json!(200)),
+        ("redis_breaker_ms", json!(500)),
+        ("refresh_retry_ms", json!(200)),
+    ])
+    .await;
+    app.users(&[1, 2, 3]).await;
+    for round in 0..20 {
+        if round % 2 == 0 {
+            // Every other round right after a restart (an empty Redis, new
+            // connections, scripts to load again).
+            redis.restart().await;
+        }
+        // Both pairs cached (status() insists on a 200).
+        app.status(1, 2).await;
+        app.status(1, 3).await;
+
+        // Act: Redis stops answering; a mutation goes through the API and an
+        // external write is announced by an event; then Redis resumes.
+        redis.pause();
+        let action = if round % 2 == 0 { "request" } else { "cancel_request" };
+        assert_eq!(app.act(1, "2", action).await.status(), 200, "round {round}");
+        let state = if round % 2 == 0 { "connected" } else { "none" };
+        app.store
+            .sql(&format!(
+                "INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 3, '{state}') \
+                 ON DUPLICATE KEY UPDATE state = '{state}', requested_by = NULL, rejected_at = NULL"
+            ))
+            .await;
+        let event = json!({"type": "connection.created",
+                           "data": {"from_user": {"id": 1}, "to_user": {"id": 3}}});
+        assert_eq!(app.events(&event).await.status(), 200, "round {round}");
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        redis.resume();
+
+        // Assert: within 2 s every entry agrees with MySQL.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            let agree = entries_agree(&app, &redis, &[(1, 2), (1, 3)]).await;
+            if agree.is_ok() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: 2 s after Redis resumed: {agree:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether each pair's cache entry is absent or holds the row's version and
+/// state, and each answer is MySQL's.
+async fn entries_agree(
+    app: &crate::helpers::TestApp,
+    redis: &crate::helpers::PrivateRedis,
+    pairs: &[(u64, u64)],
+) -> Result<(), String> {
+    for &(low, high) in pairs {
+        let (state, by, rejected, version) = app.store.row(low, high).await.expect("row");
+        let code = match (state.as_str(), by, rejected) {
+            ("none", ..) => "n",
+            ("connected", ..) => "c",
+            ("pending", Some(b), false) if b == low => "l",
+            ("pending", Some(_), false) => "h",
+            ("pending", Some(b), true) if b == low => "L",
+            _ => "H",
+        };
+        let want = format!("{version}:{code}");
+        let seen_by_low = match code {
+            "c" => Some("connected"),
+            "l" | "L" => Some("sent_connection_request"),
+            "h" => Some("received_connection_request"),
+            _ => None,
+        };
+        let answer = app.status(low, high).await;
+        if answer.as_deref() != seen_by_low {
+            return Err(format!("{low} -> {high} answers {answer:?}, MySQL says {seen_by_low:?}"));
+        }
+        let cached = redis.get(&format!("{}p:{low}:{high}", app.store.prefix)).await;
+        match cached.as_deref() {
+            None => {}
+            Some(v) if v == want || v.starts_with('~') => {}
+            Some(v) => return Err(format!("p:{low}:{high} holds {v}, MySQL has {want}")),
+        }
+    }
+    Ok(())
+}
