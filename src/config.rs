@@ -69,6 +69,9 @@ pub struct Settings {
     pub mysql_timeout_ms: u64,
     /// `CONNSTATUS_MAX_BODY_BYTES`: the largest request body accepted (413).
     pub max_body_bytes: usize,
+    /// `CONNSTATUS_BODY_TIMEOUT_MS`: the most reading a whole request body
+    /// may take (408 and the connection closed beyond it).
+    pub body_timeout_ms: u64,
     /// `CONNSTATUS_MAX_HEADER_BYTES`: the most header bytes a request may
     /// carry (431).
     pub max_header_bytes: usize,
@@ -199,6 +202,7 @@ impl Settings {
             ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
             ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
             ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
+            ("CONNSTATUS_BODY_TIMEOUT_MS", self.body_timeout_ms),
             ("CONNSTATUS_MAX_HEADER_BYTES", self.max_header_bytes as u64),
             ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
             ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
@@ -357,4 +361,38 @@ fn lenient_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Er
 
 fn lenient_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     lenient_opt_string(d).map(|s| s.map(SecretString::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The shipped layers under `config/` for `profile`, with `overrides`
+    /// (config keys and values) merged last.
+    fn load(profile: &str, overrides: &[(&str, Value)]) -> Result<Settings, ConfigError> {
+        let mut figment = Settings::figment("config", profile);
+        for (key, value) in overrides {
+            figment = figment.merge((*key, value.clone()));
+        }
+        Settings::from_figment(figment)
+    }
+
+    fn error(profile: &str, overrides: &[(&str, Value)]) -> String {
+        match load(profile, overrides) {
+            Ok(_) => panic!("{overrides:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_body_timeout_defaults_to_five_seconds_and_zero_is_refused() {
+        let settings = load("test", &[]).expect("defaults");
+        assert_eq!(settings.body_timeout_ms, 5_000);
+        let message = error("test", &[("body_timeout_ms", json!(0))]);
+        assert!(
+            message.starts_with("configuration error: CONNSTATUS_BODY_TIMEOUT_MS: "),
+            "{message}"
+        );
+    }
 }

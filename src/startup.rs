@@ -48,6 +48,7 @@ impl Application {
             verifier,
             internal_token: settings.internal_token.clone(),
             max_body_bytes: settings.max_body_bytes,
+            body_timeout: Duration::from_millis(settings.body_timeout_ms),
             max_events: settings.max_events,
             max_batch_ids: settings.max_batch_ids,
             shutting_down: AtomicBool::new(false),

@@ -34,6 +34,8 @@ pub struct AppState {
     pub internal_token: SecretString,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// The most reading one request body may take.
+    pub body_timeout: Duration,
     /// The most events one `POST /internal/v1/events` may carry.
     pub max_events: usize,
     /// The most distinct ids in one batch of statuses.
