@@ -16,6 +16,7 @@ use biscuit::{
     ClaimPresenceOptions, CompactJson, Empty, Presence, RegisteredClaims, SingleOrMultiple,
     TemporalOptions, Timestamp, Validation, ValidationOptions,
 };
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
@@ -71,23 +72,45 @@ impl TokenCache {
         verifier: &Verifier,
         header: Option<&[u8]>,
     ) -> Result<UserId, AuthError> {
+        self.authenticate_at(verifier, header, Utc::now())
+    }
+
+    /// [`TokenCache::authenticate`] at the instant `now`.
+    fn authenticate_at(
+        &mut self,
+        verifier: &Verifier,
+        header: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<UserId, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or(AuthError::Missing)?;
-        let now = chrono::Utc::now().timestamp();
-        if let Some(hit) = self.map.get(token) {
-            if now <= hit.valid_until {
-                return Ok(hit.user);
-            }
-            self.map.remove(token);
+        if let Some(user) = self.cached(token, now) {
+            return Ok(user);
         }
-        let verified = verifier.verify_until(token)?;
+        let verified = verifier.verify_at(token, now)?;
+        self.remember(token, verified);
+        Ok(verified.user)
+    }
+
+    /// The user of `token` when it is cached and still valid at `now`; an
+    /// entry past its deadline is dropped.
+    fn cached(&mut self, token: &str, now: DateTime<Utc>) -> Option<UserId> {
+        let now = now.timestamp();
+        let hit = self.map.get(token)?;
+        if now <= hit.valid_until {
+            return Some(hit.user);
+        }
+        self.map.remove(token);
+        None
+    }
+
+    fn remember(&mut self, token: &str, verified: Verified) {
         if self.capacity > 0 {
             if self.map.len() >= self.capacity {
                 self.map.clear();
             }
             self.map.insert(token.into(), verified);
         }
-        Ok(verified.user)
     }
 }
 
@@ -197,6 +220,11 @@ impl Verifier {
     /// Verifies a compact JWS: the user it names, and until when (Unix
     /// seconds, leeway included) that answer holds.
     pub fn verify_until(&self, token: &str) -> Result<Verified, AuthError> {
+        self.verify_at(token, Utc::now())
+    }
+
+    /// [`Verifier::verify_until`] as if the clock read `now`.
+    fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<Verified, AuthError> {
         // A JWS compact token is three base64url parts; refuse anything else
         // before doing any work on it.
         if token.is_empty() || token.len() > 8192 || token.split('.').count() != 3 {
@@ -208,7 +236,7 @@ impl Verifier {
         let claims = decoded.payload().map_err(|_| AuthError::Invalid)?;
         let registered = self.registered(claims)?;
         registered
-            .validate(self.validation())
+            .validate(self.validation(now))
             .map_err(|_| AuthError::Invalid)?;
         let user = user_from_claim(claims.rest.get(&self.user_claim)).ok_or(AuthError::Invalid)?;
         // `exp` is required, so present here.
@@ -219,7 +247,7 @@ impl Verifier {
         })
     }
 
-    fn validation(&self) -> ValidationOptions {
+    fn validation(&self, now: DateTime<Utc>) -> ValidationOptions {
         ValidationOptions {
             claim_presence_options: ClaimPresenceOptions {
                 expiry: Presence::Required,
@@ -229,7 +257,7 @@ impl Verifier {
             },
             temporal_options: TemporalOptions {
                 epsilon: self.leeway,
-                now: None,
+                now: Some(now),
             },
             issued_at: Validation::Validate(chrono::Duration::MAX),
             not_before: Validation::Validate(()),
