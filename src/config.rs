@@ -6,6 +6,8 @@
 //! every `CONNSTATUS_*` name (`CONNSTATUS_MAX_INFLIGHT` sets `max_inflight`).
 //! Start-up validates the result and stops with one line naming the bad
 //! setting. Secrets are `SecretString`s, so `Debug` output never shows them.
+//! It fails closed: in production, or with a listener beyond loopback, the
+//! shipped development secrets (and short ones) are refused.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,12 +23,23 @@ pub const DEV_JWT_SECRET: &str = "connstatus-development-secret-do-not-use-in-pr
 /// The internal token shipped in `config/default.toml` for local development.
 pub const DEV_INTERNAL_TOKEN: &str = "connstatus-development-internal-token";
 
+/// The profiles that need no file of their own in the config folder.
+pub const BUILT_IN_PROFILES: [&str; 3] = ["development", "test", "production"];
+
+/// The most clock leeway a token check may allow.
+pub const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
+
 /// Everything the service and its commands read from configuration.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    /// The profile name (`CONNSTATUS_ENV`); `production` refuses dev secrets.
+    /// The profile name (`CONNSTATUS_ENV`): one of [`BUILT_IN_PROFILES`] or
+    /// a name with a `<config dir>/<name>.toml`; `production` refuses the
+    /// development secrets.
     #[serde(default = "default_env", deserialize_with = "lenient_string")]
     pub env: String,
+    /// The folder the TOML layers were read from (`CONNSTATUS_CONFIG_DIR`).
+    #[serde(default = "default_config_dir")]
+    pub config_dir: String,
     /// `DATABASE_URL`: `mysql://user:password@host:port/database`.
     #[serde(deserialize_with = "lenient_secret")]
     pub database_url: SecretString,
@@ -136,6 +149,10 @@ fn default_env() -> String {
     "development".to_owned()
 }
 
+fn default_config_dir() -> String {
+    "config".to_owned()
+}
+
 /// A configuration that cannot run; the message names the setting.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
@@ -146,7 +163,7 @@ impl Settings {
     /// process environment, then validates.
     pub fn load() -> Result<Self, ConfigError> {
         let profile = std::env::var("CONNSTATUS_ENV").unwrap_or_else(|_| default_env());
-        let dir = std::env::var("CONNSTATUS_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        let dir = std::env::var("CONNSTATUS_CONFIG_DIR").unwrap_or_else(|_| default_config_dir());
         Self::from_figment(Self::figment(&dir, &profile))
     }
 
@@ -160,6 +177,7 @@ impl Settings {
             .merge(Toml::file(format!("{dir}/{profile}.toml")))
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
             .merge(Env::prefixed("CONNSTATUS_").ignore(&["CONFIG_DIR"]))
+            .merge(("config_dir", dir))
     }
 
     /// Extracts and validates settings from `figment`.
@@ -242,28 +260,67 @@ impl Settings {
                 ))
             }
         }
-        if self.env == "production" {
-            self.refuse_development_secrets()?;
+        if self.jwt.jwt_leeway_seconds > MAX_JWT_LEEWAY_SECONDS {
+            return fail(format!(
+                "CONNSTATUS_JWT_LEEWAY_SECONDS: {} is more than the {MAX_JWT_LEEWAY_SECONDS} s allowed",
+                self.jwt.jwt_leeway_seconds
+            ));
+        }
+        self.check_profile()?;
+        if let Some(why) = self.exposure() {
+            self.refuse_development_secrets(&why)?;
         }
         Ok(())
     }
 
-    fn refuse_development_secrets(&self) -> Result<(), ConfigError> {
-        if self.internal_token.expose_secret() == DEV_INTERNAL_TOKEN
-            || self.internal_token.expose_secret().len() < 32
-        {
-            return Err(ConfigError(
-                "CONNSTATUS_INTERNAL_TOKEN: production needs its own token of at least 32 characters"
-                    .into(),
-            ));
+    /// A built-in profile, or one the operator added as a file.
+    fn check_profile(&self) -> Result<(), ConfigError> {
+        let name = self.env.as_str();
+        let sane = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let file = std::path::Path::new(&self.config_dir).join(format!("{name}.toml"));
+        if BUILT_IN_PROFILES.contains(&name) || (sane && file.is_file()) {
+            return Ok(());
+        }
+        Err(ConfigError(format!(
+            "CONNSTATUS_ENV: `{}` is not a profile: use development, test or production, or add {}",
+            name.chars().take(64).collect::<String>(),
+            file.display()
+        )))
+    }
+
+    /// Why the development secrets must not be used here, if they must not:
+    /// the production profile, or a listener that others can reach.
+    fn exposure(&self) -> Option<String> {
+        if self.env == "production" {
+            return Some("in production".into());
+        }
+        [
+            ("CONNSTATUS_BIND", self.bind_addr()),
+            ("CONNSTATUS_ADMIN_BIND", self.admin_bind_addr()),
+        ]
+        .into_iter()
+        .find(|(_, addr)| !addr.ip().to_canonical().is_loopback())
+        .map(|(name, addr)| format!("when {name} ({addr}) is not a loopback address"))
+    }
+
+    /// Fails closed: the shipped development secrets (anyone can read them)
+    /// and short ones are refused; `why` says what makes this setup exposed.
+    fn refuse_development_secrets(&self, why: &str) -> Result<(), ConfigError> {
+        let internal = self.internal_token.expose_secret();
+        if internal == DEV_INTERNAL_TOKEN || internal.len() < 32 {
+            return Err(ConfigError(format!(
+                "CONNSTATUS_INTERNAL_TOKEN: the development token and tokens under 32 characters are refused {why}"
+            )));
         }
         if self.jwt.jwt_algorithm == "HS256" {
             let secret = self.jwt.jwt_secret.as_ref().map(|s| s.expose_secret());
             if matches!(secret, Some(s) if s == DEV_JWT_SECRET || s.len() < 32) {
-                return Err(ConfigError(
-                    "CONNSTATUS_JWT_SECRET: production needs its own secret of at least 32 characters"
-                        .into(),
-                ));
+                return Err(ConfigError(format!(
+                    "CONNSTATUS_JWT_SECRET: the development secret and secrets under 32 characters are refused {why}"
+                )));
             }
         }
         Ok(())
@@ -383,6 +440,150 @@ mod tests {
             Ok(_) => panic!("{overrides:?} was accepted"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// Secrets of 40 characters, neither of them the development ones.
+    fn own_secrets() -> Vec<(&'static str, Value)> {
+        vec![
+            ("jwt_secret", json!("s".repeat(40))),
+            ("internal_token", json!("t".repeat(40))),
+        ]
+    }
+
+    fn with(
+        mut base: Vec<(&'static str, Value)>,
+        more: &[(&'static str, Value)],
+    ) -> Vec<(&'static str, Value)> {
+        base.extend(more.iter().cloned());
+        base
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_refuses_the_development_secrets_whatever_the_profile() {
+        for (key, address) in [
+            ("bind", "0.0.0.0:8080"),
+            ("admin_bind", "0.0.0.0:9091"),
+            ("bind", "192.0.2.7:8080"),
+            ("admin_bind", "[::]:9091"),
+        ] {
+            for profile in ["development", "test"] {
+                let listener = [(key, json!(address)), ("env", json!(profile))];
+                // Both development secrets: the first one is named.
+                let message = error(profile, &listener);
+                assert!(
+                    message.starts_with("configuration error: CONNSTATUS_INTERNAL_TOKEN: "),
+                    "{key}={address}: {message}"
+                );
+                assert_eq!(message.lines().count(), 1, "{message}");
+                // An own internal token, the development JWT secret.
+                let message = error(
+                    profile,
+                    &[
+                        listener.as_slice(),
+                        &[("internal_token", json!("t".repeat(40)))],
+                    ]
+                    .concat(),
+                );
+                assert!(
+                    message.starts_with("configuration error: CONNSTATUS_JWT_SECRET: "),
+                    "{key}={address}: {message}"
+                );
+                // Own secrets, but one too short.
+                for (short, name) in [
+                    ("jwt_secret", "CONNSTATUS_JWT_SECRET"),
+                    ("internal_token", "CONNSTATUS_INTERNAL_TOKEN"),
+                ] {
+                    let message = error(
+                        profile,
+                        &with(
+                            with(own_secrets(), &listener),
+                            &[(short, json!("x".repeat(31)))],
+                        ),
+                    );
+                    assert!(
+                        message.starts_with(&format!("configuration error: {name}: ")),
+                        "{message}"
+                    );
+                }
+                // Own secrets of 32 characters or more: fine.
+                assert!(load(profile, &with(own_secrets(), &listener)).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn loopback_listeners_may_use_the_development_secrets_outside_production() {
+        for (bind, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:9091"),
+            ("[::1]:8080", "127.0.0.2:9091"),
+        ] {
+            let settings = load(
+                "development",
+                &[("bind", json!(bind)), ("admin_bind", json!(admin))],
+            )
+            .expect("a developer's machine");
+            assert_eq!(
+                settings
+                    .jwt
+                    .jwt_secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned()),
+                Some(DEV_JWT_SECRET.to_owned())
+            );
+        }
+        // Production refuses them even on loopback.
+        let message = error("production", &[("env", json!("production"))]);
+        assert!(
+            message.starts_with("configuration error: CONNSTATUS_INTERNAL_TOKEN: "),
+            "{message}"
+        );
+        assert!(load(
+            "production",
+            &with(own_secrets(), &[("env", json!("production"))])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_profile_is_a_configuration_error_unless_its_file_exists() {
+        for known in ["development", "test"] {
+            assert!(load(known, &[("env", json!(known))]).is_ok(), "{known}");
+        }
+        let message = error("stagin", &[("env", json!("stagin"))]);
+        assert!(
+            message.starts_with("configuration error: CONNSTATUS_ENV: "),
+            "{message}"
+        );
+        assert!(message.contains("stagin"), "{message}");
+        // An operator's own profile, with its file in the config folder.
+        let dir = std::env::temp_dir().join(format!("cs_config_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("staging.toml"), "max_events = 7\n").expect("profile file");
+        let dir_text = dir.to_str().expect("utf-8 path");
+        let staging = Settings::from_figment(
+            Settings::figment(dir_text, "staging").merge(("env", "staging")),
+        );
+        let missing =
+            Settings::from_figment(Settings::figment(dir_text, "qa").merge(("env", "qa")));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(staging.expect("staging has its file").max_events, 7);
+        let message = missing.expect_err("qa has no file").to_string();
+        assert!(
+            message.starts_with("configuration error: CONNSTATUS_ENV: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn the_jwt_leeway_is_capped_at_five_minutes() {
+        let settings = load("test", &[("jwt_leeway_seconds", json!(300))]).expect("300 s");
+        assert_eq!(settings.jwt.jwt_leeway_seconds, 300);
+        let message = error("test", &[("jwt_leeway_seconds", json!(301))]);
+        assert!(
+            message.starts_with("configuration error: CONNSTATUS_JWT_LEEWAY_SECONDS: "),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
     }
 
     #[test]

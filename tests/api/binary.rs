@@ -169,6 +169,45 @@ async fn production_refuses_the_development_secrets() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_or_under_an_unknown_profile_nothing_runs_on_development_secrets() {
+    // `token` binds nothing: the configuration alone decides, and with the
+    // development secret it would mint a token anyone could mint.
+    let store = Isolated::new().await;
+    let own_token = "t".repeat(40);
+    for (env, named) in [
+        (
+            vec![("CONNSTATUS_BIND", "0.0.0.0:8080")],
+            "CONNSTATUS_INTERNAL_TOKEN",
+        ),
+        (
+            vec![
+                ("CONNSTATUS_ADMIN_BIND", "0.0.0.0:9091"),
+                ("CONNSTATUS_INTERNAL_TOKEN", own_token.as_str()),
+            ],
+            "CONNSTATUS_JWT_SECRET",
+        ),
+        (vec![("CONNSTATUS_ENV", "stagin")], "CONNSTATUS_ENV"),
+    ] {
+        let mut command = connstatus(&store);
+        command
+            .envs(env.iter().copied())
+            .args(["token", "--user", "1"]);
+        let (code, stdout, stderr) = output(&mut command);
+        assert_eq!(code, 2, "{env:?}: {stdout}{stderr}");
+        assert_eq!(stdout, "", "{env:?}: no token is minted");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{env:?}: one line: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!("configuration error: {named}: ")),
+            "{env:?}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_creates_the_database_and_is_idempotent() {
     let store = Isolated::new().await;
     let fresh = Isolated {
