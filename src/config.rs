@@ -182,7 +182,12 @@ impl Settings {
 
     /// Extracts and validates settings from `figment`.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let named = |e| ConfigError(describe(e));
+        // Inside `#[serde(flatten)]` serde loses the key of a bad value, so
+        // the groups are read on their own first: their errors name the key.
+        figment.extract::<JwtSettings>().map_err(named)?;
+        figment.extract::<CacheSettings>().map_err(named)?;
+        let settings: Settings = figment.extract().map_err(named)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -442,6 +447,20 @@ mod tests {
         }
     }
 
+    /// `message` is one line that starts by naming the variable `name`
+    /// (followed by where the value came from, when not the environment).
+    fn assert_names(message: &str, name: &str) {
+        let rest = message
+            .strip_prefix("configuration error: ")
+            .and_then(|m| m.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} is not named first: {message}"));
+        assert!(
+            rest.starts_with(": ") || rest.starts_with(" ("),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+
     /// Secrets of 40 characters, neither of them the development ones.
     fn own_secrets() -> Vec<(&'static str, Value)> {
         vec![
@@ -470,11 +489,7 @@ mod tests {
                 let listener = [(key, json!(address)), ("env", json!(profile))];
                 // Both development secrets: the first one is named.
                 let message = error(profile, &listener);
-                assert!(
-                    message.starts_with("configuration error: CONNSTATUS_INTERNAL_TOKEN: "),
-                    "{key}={address}: {message}"
-                );
-                assert_eq!(message.lines().count(), 1, "{message}");
+                assert_names(&message, "CONNSTATUS_INTERNAL_TOKEN");
                 // An own internal token, the development JWT secret.
                 let message = error(
                     profile,
@@ -484,10 +499,7 @@ mod tests {
                     ]
                     .concat(),
                 );
-                assert!(
-                    message.starts_with("configuration error: CONNSTATUS_JWT_SECRET: "),
-                    "{key}={address}: {message}"
-                );
+                assert_names(&message, "CONNSTATUS_JWT_SECRET");
                 // Own secrets, but one too short.
                 for (short, name) in [
                     ("jwt_secret", "CONNSTATUS_JWT_SECRET"),
@@ -500,10 +512,7 @@ mod tests {
                             &[(short, json!("x".repeat(31)))],
                         ),
                     );
-                    assert!(
-                        message.starts_with(&format!("configuration error: {name}: ")),
-                        "{message}"
-                    );
+                    assert_names(&message, name);
                 }
                 // Own secrets of 32 characters or more: fine.
                 assert!(load(profile, &with(own_secrets(), &listener)).is_ok());
@@ -533,10 +542,7 @@ mod tests {
         }
         // Production refuses them even on loopback.
         let message = error("production", &[("env", json!("production"))]);
-        assert!(
-            message.starts_with("configuration error: CONNSTATUS_INTERNAL_TOKEN: "),
-            "{message}"
-        );
+        assert_names(&message, "CONNSTATUS_INTERNAL_TOKEN");
         assert!(load(
             "production",
             &with(own_secrets(), &[("env", json!("production"))])
@@ -550,10 +556,7 @@ mod tests {
             assert!(load(known, &[("env", json!(known))]).is_ok(), "{known}");
         }
         let message = error("stagin", &[("env", json!("stagin"))]);
-        assert!(
-            message.starts_with("configuration error: CONNSTATUS_ENV: "),
-            "{message}"
-        );
+        assert_names(&message, "CONNSTATUS_ENV");
         assert!(message.contains("stagin"), "{message}");
         // An operator's own profile, with its file in the config folder.
         let dir = std::env::temp_dir().join(format!("cs_config_{}", std::process::id()));
@@ -568,10 +571,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(staging.expect("staging has its file").max_events, 7);
         let message = missing.expect_err("qa has no file").to_string();
-        assert!(
-            message.starts_with("configuration error: CONNSTATUS_ENV: "),
-            "{message}"
-        );
+        assert_names(&message, "CONNSTATUS_ENV");
     }
 
     #[test]
@@ -579,11 +579,37 @@ mod tests {
         let settings = load("test", &[("jwt_leeway_seconds", json!(300))]).expect("300 s");
         assert_eq!(settings.jwt.jwt_leeway_seconds, 300);
         let message = error("test", &[("jwt_leeway_seconds", json!(301))]);
-        assert!(
-            message.starts_with("configuration error: CONNSTATUS_JWT_LEEWAY_SECONDS: "),
-            "{message}"
-        );
-        assert_eq!(message.lines().count(), 1, "{message}");
+        assert_names(&message, "CONNSTATUS_JWT_LEEWAY_SECONDS");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_in_the_jwt_and_cache_groups_too() {
+        for (key, value, name) in [
+            ("jwt_cache_size", json!("lots"), "CONNSTATUS_JWT_CACHE_SIZE"),
+            (
+                "jwt_leeway_seconds",
+                json!(-1),
+                "CONNSTATUS_JWT_LEEWAY_SECONDS",
+            ),
+            (
+                "redis_timeout_ms",
+                json!("lots"),
+                "CONNSTATUS_REDIS_TIMEOUT_MS",
+            ),
+            (
+                "cache_ttl_seconds",
+                json!(1.5),
+                "CONNSTATUS_CACHE_TTL_SECONDS",
+            ),
+            (
+                "redis_breaker_ms",
+                json!(true),
+                "CONNSTATUS_REDIS_BREAKER_MS",
+            ),
+        ] {
+            let message = error("test", &[(key, value)]);
+            assert_names(&message, name);
+        }
     }
 
     #[test]
@@ -591,9 +617,6 @@ mod tests {
         let settings = load("test", &[]).expect("defaults");
         assert_eq!(settings.body_timeout_ms, 5_000);
         let message = error("test", &[("body_timeout_ms", json!(0))]);
-        assert!(
-            message.starts_with("configuration error: CONNSTATUS_BODY_TIMEOUT_MS: "),
-            "{message}"
-        );
+        assert_names(&message, "CONNSTATUS_BODY_TIMEOUT_MS");
     }
 }
