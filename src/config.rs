@@ -10,12 +10,14 @@
 //! shipped development secrets (and short ones) are refused.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 /// The HS256 secret shipped in `config/default.toml` for local development.
@@ -30,6 +32,10 @@ pub const BUILT_IN_PROFILES: [&str; 3] = ["development", "test", "production"];
 pub const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
 
 /// Everything the service and its commands read from configuration.
+///
+/// Each value is checked as it is read (a count or timeout that must be
+/// positive is a `NonZero*`, a listener a `SocketAddr`, ...), so the error
+/// names the key; only rules that span settings are left to `validate`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     /// The profile name (`CONNSTATUS_ENV`): one of [`BUILT_IN_PROFILES`] or
@@ -41,70 +47,82 @@ pub struct Settings {
     #[serde(default = "default_config_dir")]
     pub config_dir: String,
     /// `DATABASE_URL`: `mysql://user:password@host:port/database`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "mysql_url")]
     pub database_url: SecretString,
     /// `REDIS_URL`: `redis://host:port[/db]`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "redis_url")]
     pub redis_url: SecretString,
     /// `CONNSTATUS_BIND`: the public listener.
-    #[serde(deserialize_with = "lenient_string")]
-    pub bind: String,
+    #[serde(deserialize_with = "socket_address")]
+    pub bind: SocketAddr,
     /// `CONNSTATUS_ADMIN_BIND`: the admin listener.
-    #[serde(deserialize_with = "lenient_string")]
-    pub admin_bind: String,
+    #[serde(deserialize_with = "socket_address")]
+    pub admin_bind: SocketAddr,
     /// `CONNSTATUS_WORKERS`: HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// `CONNSTATUS_MIGRATE_ON_START`: `serve` applies pending migrations.
     pub migrate_on_start: bool,
     /// `CONNSTATUS_LOG_FORMAT`: `text` or `json`.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "log_format")]
     pub log_format: String,
     /// JWT verification settings.
     #[serde(flatten)]
     pub jwt: JwtSettings,
     /// `CONNSTATUS_INTERNAL_TOKEN`: the bearer token of `/internal/*`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "non_empty_secret")]
     pub internal_token: SecretString,
     /// `CONNSTATUS_MAX_INFLIGHT`: requests in flight per instance before 429.
-    pub max_inflight: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_inflight: NonZeroUsize,
     /// `CONNSTATUS_DRAIN_SECONDS`: how long readiness reports 503 before the
     /// listeners stop accepting.
     pub drain_seconds: u64,
     /// `CONNSTATUS_GRACE_SECONDS`: the most a shutdown may take.
-    pub grace_seconds: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub grace_seconds: NonZeroU64,
     /// Cache settings.
     #[serde(flatten)]
     pub cache: CacheSettings,
-    /// `CONNSTATUS_MYSQL_POOL_SIZE`: connections in the MySQL pool.
+    /// `CONNSTATUS_MYSQL_POOL_SIZE`: connections in the MySQL pool (at least
+    /// 1; a plain number because the pool builders take one).
+    #[serde(deserialize_with = "positive_usize")]
     pub mysql_pool_size: usize,
     /// `CONNSTATUS_MYSQL_TIMEOUT_MS`: the most one MySQL call (checkout
     /// included) may take before the request gets a 503.
-    pub mysql_timeout_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub mysql_timeout_ms: NonZeroU64,
     /// `CONNSTATUS_MAX_BODY_BYTES`: the largest request body accepted (413).
-    pub max_body_bytes: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_body_bytes: NonZeroUsize,
     /// `CONNSTATUS_BODY_TIMEOUT_MS`: the most reading a whole request body
     /// may take (408 and the connection closed beyond it).
-    pub body_timeout_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub body_timeout_ms: NonZeroU64,
     /// `CONNSTATUS_MAX_HEADER_BYTES`: the most header bytes a request may
     /// carry (431).
-    pub max_header_bytes: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_header_bytes: NonZeroUsize,
     /// `CONNSTATUS_MAX_EVENTS`: the most events in one events request.
-    pub max_events: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_events: NonZeroUsize,
     /// `CONNSTATUS_MAX_BATCH_IDS`: the most distinct ids in one batch.
-    pub max_batch_ids: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_batch_ids: NonZeroUsize,
     /// `CONNSTATUS_METRICS_UPKEEP_MS`: how often recorded histogram samples
     /// are folded into their buckets (they are held in memory until then).
-    pub metrics_upkeep_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub metrics_upkeep_ms: NonZeroU64,
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
     /// retried (and how old one must be to be retried).
-    pub refresh_retry_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub refresh_retry_ms: NonZeroU64,
 }
 
 /// JWT verification (CONTRACT section 4).
 #[derive(Debug, Clone, Deserialize)]
 pub struct JwtSettings {
     /// `CONNSTATUS_JWT_ALGORITHM`: HS256, RS256 or ES256.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "jwt_algorithm")]
     pub jwt_algorithm: String,
     /// `CONNSTATUS_JWT_SECRET`: the HS256 shared secret.
     #[serde(default, deserialize_with = "lenient_opt_secret")]
@@ -118,27 +136,32 @@ pub struct JwtSettings {
     /// `CONNSTATUS_JWT_AUDIENCE`: required `aud` when set.
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub jwt_audience: Option<String>,
-    /// `CONNSTATUS_JWT_LEEWAY_SECONDS`: clock leeway for `exp`/`nbf`/`iat`.
+    /// `CONNSTATUS_JWT_LEEWAY_SECONDS`: clock leeway for `exp`/`nbf`/`iat`,
+    /// at most [`MAX_JWT_LEEWAY_SECONDS`].
+    #[serde(deserialize_with = "jwt_leeway")]
     pub jwt_leeway_seconds: u64,
     /// `CONNSTATUS_JWT_CACHE_SIZE`: verified tokens remembered per worker
     /// (0: verify every request).
     pub jwt_cache_size: usize,
     /// `CONNSTATUS_JWT_USER_CLAIM`: the claim that holds the caller's id.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "non_empty_string")]
     pub jwt_user_claim: String,
 }
 
-/// Redis cache settings.
+/// Redis cache settings. The numbers stay plain (the cache reads them as
+/// such); the positive ones are checked as they are read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
     /// `CONNSTATUS_REDIS_PREFIX`: prefix of every key (isolates tenants and
     /// tests; bump it to abandon an old key layout).
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "non_empty_string")]
     pub redis_prefix: String,
     /// `CONNSTATUS_CACHE_TTL_SECONDS`: backstop TTL of an entry (±10% jitter).
+    #[serde(deserialize_with = "positive_u64")]
     pub cache_ttl_seconds: u64,
     /// `CONNSTATUS_REDIS_TIMEOUT_MS`: the most one request-path Redis call may
     /// take before the answer comes from MySQL instead.
+    #[serde(deserialize_with = "positive_u64")]
     pub redis_timeout_ms: u64,
     /// `CONNSTATUS_REDIS_BREAKER_MS`: after a Redis failure, how long the
     /// request path skips Redis before trying again.
@@ -192,84 +215,26 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The rules that span settings; each value was checked as it was read.
     fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |msg: String| Err(ConfigError(msg));
-        for (name, value) in [
-            ("CONNSTATUS_BIND", &self.bind),
-            ("CONNSTATUS_ADMIN_BIND", &self.admin_bind),
-        ] {
-            if value.parse::<SocketAddr>().is_err() {
-                return fail(format!(
-                    "{name}: `{value}` is not an address like 127.0.0.1:8080"
-                ));
-            }
-        }
-        if !self.database_url.expose_secret().starts_with("mysql://") {
-            return fail("DATABASE_URL: must be a mysql:// URL".into());
-        }
-        let redis = self.redis_url.expose_secret();
-        if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            return fail("REDIS_URL: must be a redis:// or rediss:// URL".into());
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return fail(format!(
-                "CONNSTATUS_LOG_FORMAT: `{}` is neither text nor json",
-                self.log_format
-            ));
-        }
-        for (name, value) in [
-            ("CONNSTATUS_MAX_INFLIGHT", self.max_inflight as u64),
-            ("CONNSTATUS_GRACE_SECONDS", self.grace_seconds),
-            ("CONNSTATUS_MYSQL_POOL_SIZE", self.mysql_pool_size as u64),
-            ("CONNSTATUS_MYSQL_TIMEOUT_MS", self.mysql_timeout_ms),
-            ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
-            ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
-            ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("CONNSTATUS_BODY_TIMEOUT_MS", self.body_timeout_ms),
-            ("CONNSTATUS_MAX_HEADER_BYTES", self.max_header_bytes as u64),
-            ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
-            ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
-            ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),
-            ("CONNSTATUS_METRICS_UPKEEP_MS", self.metrics_upkeep_ms),
-        ] {
-            if value == 0 {
-                return fail(format!("{name}: must be greater than 0"));
-            }
-        }
-        if self.cache.redis_prefix.is_empty() {
-            return fail("CONNSTATUS_REDIS_PREFIX: must not be empty".into());
-        }
-        if self.jwt.jwt_user_claim.is_empty() {
-            return fail("CONNSTATUS_JWT_USER_CLAIM: must not be empty".into());
-        }
-        if self.internal_token.expose_secret().is_empty() {
-            return fail("CONNSTATUS_INTERNAL_TOKEN: must not be empty".into());
-        }
         // The key itself is loaded (and checked) by the verifier at start-up.
-        match self.jwt.jwt_algorithm.as_str() {
-            "HS256" => match &self.jwt.jwt_secret {
-                Some(s) if !s.expose_secret().is_empty() => {}
-                _ => return fail("CONNSTATUS_JWT_SECRET: required for HS256".into()),
-            },
-            "RS256" | "ES256" => {
-                if self.jwt.jwt_public_key.is_none() {
-                    return fail(format!(
-                        "CONNSTATUS_JWT_PUBLIC_KEY: required for {}",
-                        self.jwt.jwt_algorithm
-                    ));
-                }
-            }
-            other => {
-                return fail(format!(
-                    "CONNSTATUS_JWT_ALGORITHM: `{other}` is not one of HS256, RS256, ES256"
+        let jwt = &self.jwt;
+        match (
+            jwt.jwt_algorithm.as_str(),
+            &jwt.jwt_secret,
+            &jwt.jwt_public_key,
+        ) {
+            ("HS256", None, _) => {
+                return Err(ConfigError(
+                    "CONNSTATUS_JWT_SECRET: required for HS256".into(),
                 ))
             }
-        }
-        if self.jwt.jwt_leeway_seconds > MAX_JWT_LEEWAY_SECONDS {
-            return fail(format!(
-                "CONNSTATUS_JWT_LEEWAY_SECONDS: {} is more than the {MAX_JWT_LEEWAY_SECONDS} s allowed",
-                self.jwt.jwt_leeway_seconds
-            ));
+            (algorithm @ ("RS256" | "ES256"), _, None) => {
+                return Err(ConfigError(format!(
+                    "CONNSTATUS_JWT_PUBLIC_KEY: required for {algorithm}"
+                )))
+            }
+            _ => {}
         }
         self.check_profile()?;
         if let Some(why) = self.exposure() {
@@ -303,8 +268,8 @@ impl Settings {
             return Some("in production".into());
         }
         [
-            ("CONNSTATUS_BIND", self.bind_addr()),
-            ("CONNSTATUS_ADMIN_BIND", self.admin_bind_addr()),
+            ("CONNSTATUS_BIND", self.bind),
+            ("CONNSTATUS_ADMIN_BIND", self.admin_bind),
         ]
         .into_iter()
         .find(|(_, addr)| !addr.ip().to_canonical().is_loopback())
@@ -331,23 +296,19 @@ impl Settings {
         Ok(())
     }
 
-    /// The listener address (validated at load).
+    /// The listener address.
     pub fn bind_addr(&self) -> SocketAddr {
         self.bind
-            .parse()
-            .unwrap_or_else(|_| unreachable!("validated"))
     }
 
-    /// The admin listener address (validated at load).
+    /// The admin listener address.
     pub fn admin_bind_addr(&self) -> SocketAddr {
         self.admin_bind
-            .parse()
-            .unwrap_or_else(|_| unreachable!("validated"))
     }
 
     /// The MySQL call timeout.
     pub fn mysql_timeout(&self) -> Duration {
-        Duration::from_millis(self.mysql_timeout_ms)
+        Duration::from_millis(self.mysql_timeout_ms.get())
     }
 
     /// The public-key path, when configured.
@@ -417,12 +378,107 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
     Ok((!s.trim().is_empty()).then_some(s))
 }
 
-fn lenient_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    lenient_string(d).map(SecretString::from)
-}
-
 fn lenient_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     lenient_opt_string(d).map(|s| s.map(SecretString::from))
+}
+
+/// The message of a count or duration that must not be 0.
+const NOT_ZERO: &str = "must be greater than 0";
+
+fn nonzero_u64<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D::Error> {
+    NonZeroU64::new(u64::deserialize(d)?).ok_or_else(|| D::Error::custom(NOT_ZERO))
+}
+
+fn nonzero_usize<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+    NonZeroUsize::new(usize::deserialize(d)?).ok_or_else(|| D::Error::custom(NOT_ZERO))
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    nonzero_u64(d).map(NonZeroU64::get)
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    nonzero_usize(d).map(NonZeroUsize::get)
+}
+
+fn jwt_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let seconds = u64::deserialize(d)?;
+    if seconds > MAX_JWT_LEEWAY_SECONDS {
+        return Err(D::Error::custom(format!(
+            "{seconds} is more than the {MAX_JWT_LEEWAY_SECONDS} s allowed"
+        )));
+    }
+    Ok(seconds)
+}
+
+fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = lenient_string(d)?;
+    text.parse()
+        .map_err(|_| D::Error::custom(format!("`{text}` is not an address like 127.0.0.1:8080")))
+}
+
+/// A string that is one of `allowed`; `refusal` says so about another.
+fn one_of<'de, D: Deserializer<'de>>(
+    d: D,
+    allowed: &[&str],
+    refusal: &str,
+) -> Result<String, D::Error> {
+    let text = lenient_string(d)?;
+    if allowed.contains(&text.as_str()) {
+        return Ok(text);
+    }
+    let shown: String = text.chars().take(64).collect();
+    Err(D::Error::custom(format!("`{shown}` {refusal}")))
+}
+
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(d, &["text", "json"], "is neither text nor json")
+}
+
+fn jwt_algorithm<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(
+        d,
+        &["HS256", "RS256", "ES256"],
+        "is not one of HS256, RS256, ES256",
+    )
+}
+
+fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = lenient_string(d)?;
+    if text.is_empty() {
+        return Err(D::Error::custom("must not be empty"));
+    }
+    Ok(text)
+}
+
+fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    non_empty_string(d).map(SecretString::from)
+}
+
+/// A URL with one of `schemes`; the URL itself (it may hold a password)
+/// never appears in the message.
+fn url_with<'de, D: Deserializer<'de>>(
+    d: D,
+    schemes: &[&str],
+    refusal: &'static str,
+) -> Result<SecretString, D::Error> {
+    let url = lenient_string(d)?;
+    if schemes.iter().any(|scheme| url.starts_with(scheme)) {
+        return Ok(SecretString::from(url));
+    }
+    Err(D::Error::custom(refusal))
+}
+
+fn mysql_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    url_with(d, &["mysql://"], "must be a mysql:// URL")
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    url_with(
+        d,
+        &["redis://", "rediss://"],
+        "must be a redis:// or rediss:// URL",
+    )
 }
 
 #[cfg(test)]
@@ -569,7 +625,7 @@ mod tests {
         let missing =
             Settings::from_figment(Settings::figment(dir_text, "qa").merge(("env", "qa")));
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(staging.expect("staging has its file").max_events, 7);
+        assert_eq!(staging.expect("staging has its file").max_events.get(), 7);
         let message = missing.expect_err("qa has no file").to_string();
         assert_names(&message, "CONNSTATUS_ENV");
     }
@@ -613,9 +669,92 @@ mod tests {
     }
 
     #[test]
+    fn every_count_and_timeout_that_must_be_positive_refuses_zero_naming_its_variable() {
+        for key in [
+            "max_inflight",
+            "grace_seconds",
+            "mysql_pool_size",
+            "mysql_timeout_ms",
+            "max_body_bytes",
+            "body_timeout_ms",
+            "max_header_bytes",
+            "max_events",
+            "max_batch_ids",
+            "metrics_upkeep_ms",
+            "refresh_retry_ms",
+            "cache_ttl_seconds",
+            "redis_timeout_ms",
+        ] {
+            let message = error("test", &[(key, json!(0))]);
+            assert_names(&message, &env_name(key));
+            assert!(message.ends_with(": must be greater than 0"), "{message}");
+            let message = error("test", &[(key, json!("lots"))]);
+            assert_names(&message, &env_name(key));
+            assert!(
+                message.contains(": invalid type: found string \"lots\", expected u"),
+                "{message}"
+            );
+        }
+        // Zero is a value of its own where it means something.
+        let settings = load(
+            "test",
+            &[
+                ("workers", json!(0)),
+                ("drain_seconds", json!(0)),
+                ("jwt_cache_size", json!(0)),
+                ("redis_breaker_ms", json!(0)),
+            ],
+        )
+        .expect("zero allowed");
+        assert_eq!(settings.workers, 0);
+    }
+
+    #[test]
+    fn strings_and_addresses_are_checked_as_they_are_read() {
+        for (key, value, tail) in [
+            (
+                "bind",
+                "8080",
+                "`8080` is not an address like 127.0.0.1:8080",
+            ),
+            (
+                "admin_bind",
+                "x",
+                "`x` is not an address like 127.0.0.1:8080",
+            ),
+            (
+                "database_url",
+                "postgres://u:pw@h/d",
+                "must be a mysql:// URL",
+            ),
+            (
+                "redis_url",
+                "http://h",
+                "must be a redis:// or rediss:// URL",
+            ),
+            ("log_format", "xml", "`xml` is neither text nor json"),
+            (
+                "jwt_algorithm",
+                "none",
+                "`none` is not one of HS256, RS256, ES256",
+            ),
+            ("redis_prefix", "", "must not be empty"),
+            ("jwt_user_claim", "", "must not be empty"),
+            ("internal_token", "", "must not be empty"),
+        ] {
+            let message = error("test", &[(key, json!(value))]);
+            assert_names(&message, &env_name(key));
+            assert!(message.ends_with(&format!(": {tail}")), "{message}");
+            assert!(!message.contains("pw@"), "a URL is never shown: {message}");
+        }
+        let settings = load("test", &[("bind", json!("[::1]:0"))]).expect("IPv6");
+        assert_eq!(settings.bind_addr(), "[::1]:0".parse().expect("address"));
+    }
+
+    #[test]
     fn the_body_timeout_defaults_to_five_seconds_and_zero_is_refused() {
         let settings = load("test", &[]).expect("defaults");
-        assert_eq!(settings.body_timeout_ms, 5_000);
+        assert_eq!(settings.body_timeout_ms.get(), 5_000);
         let message = error("test", &[("body_timeout_ms", json!(0))]);
         assert_names(&message, "CONNSTATUS_BODY_TIMEOUT_MS");
     }

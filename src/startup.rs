@@ -47,12 +47,12 @@ impl Application {
         let state = web::Data::new(AppState {
             verifier,
             internal_token: settings.internal_token.clone(),
-            max_body_bytes: settings.max_body_bytes,
-            body_timeout: Duration::from_millis(settings.body_timeout_ms),
-            max_events: settings.max_events,
-            max_batch_ids: settings.max_batch_ids,
+            max_body_bytes: settings.max_body_bytes.get(),
+            body_timeout: Duration::from_millis(settings.body_timeout_ms.get()),
+            max_events: settings.max_events.get(),
+            max_batch_ids: settings.max_batch_ids.get(),
             shutting_down: AtomicBool::new(false),
-            inflight: Inflight::new(settings.max_inflight),
+            inflight: Inflight::new(settings.max_inflight.get()),
         });
         let cache_settings = settings.cache.clone();
         let db_timeout = settings.mysql_timeout();
@@ -83,7 +83,7 @@ impl Application {
         let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;
         tokio::spawn(hooks::sweep_forever(
             sweeper,
-            Duration::from_millis(settings.refresh_retry_ms),
+            Duration::from_millis(settings.refresh_retry_ms.get()),
         ));
 
         let workers = match settings.workers {
@@ -92,16 +92,17 @@ impl Application {
         };
         crate::metrics::handle();
         tokio::spawn(crate::metrics::upkeep_forever(Duration::from_millis(
-            settings.metrics_upkeep_ms,
+            settings.metrics_upkeep_ms.get(),
         )));
         let inflight = web::Data::new(state.inflight.clone());
         let limits = web::Data::new(Limits {
-            max_header_bytes: settings.max_header_bytes,
+            max_header_bytes: settings.max_header_bytes.get(),
         });
         // In-flight requests get what is left of the grace period once the
         // drain delay is over.
         let stop_timeout = settings
             .grace_seconds
+            .get()
             .saturating_sub(settings.drain_seconds)
             .max(1);
         let (listener, port) = bind(settings.bind_addr(), "CONNSTATUS_BIND")?;

@@ -146,6 +146,36 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_value_is_reported_exactly_as_the_readme_shows() {
+    let store = Isolated::new().await;
+    for (name, value, line) in [
+        (
+            "CONNSTATUS_MAX_INFLIGHT",
+            "lots",
+            r#"configuration error: CONNSTATUS_MAX_INFLIGHT: invalid type: found string "lots", expected usize"#,
+        ),
+        (
+            "CONNSTATUS_MAX_INFLIGHT",
+            "0",
+            "configuration error: CONNSTATUS_MAX_INFLIGHT: must be greater than 0",
+        ),
+        (
+            "CONNSTATUS_JWT_CACHE_SIZE",
+            "lots",
+            r#"configuration error: CONNSTATUS_JWT_CACHE_SIZE: invalid type: found string "lots", expected usize"#,
+        ),
+    ] {
+        let (code, _, stderr) = output(
+            connstatus(&store)
+                .env(name, value)
+                .args(["token", "--user", "1"]),
+        );
+        assert_eq!(code, 2, "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim_end(), line);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_refuses_the_development_secrets() {
     let store = Isolated::new().await;
     let (code, _, stderr) = output(
