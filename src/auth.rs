@@ -16,6 +16,7 @@ use biscuit::{
     ClaimPresenceOptions, CompactJson, Empty, Presence, RegisteredClaims, SingleOrMultiple,
     TemporalOptions, Timestamp, Validation, ValidationOptions,
 };
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
@@ -35,33 +36,34 @@ pub enum AuthError {
     Invalid,
 }
 
-/// A token that passed every check: who it names, and until when (Unix
-/// seconds) that holds.
+/// A token that passed every check: who it names, and until when that
+/// holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verified {
     /// The caller.
     pub user: UserId,
-    /// `exp` plus the leeway: after this the token is refused.
-    pub valid_until: i64,
+    /// `exp` plus the leeway, to the instant: the verifier refuses the token
+    /// at any later instant (and accepts it at this one).
+    pub valid_until: DateTime<Utc>,
 }
 
 /// Tokens verified recently, so that a client sending the same token on
 /// every request pays the signature check once (HS256 ~1.4 µs, RS256 ~23 µs,
-/// ES256 ~56 µs), never past the token's `exp`. Keyed by the whole token, so
-/// only the exact string that was verified is answered from here. Bounded:
-/// when full it starts over. One per worker thread, so no lock.
+/// ES256 ~56 µs), never past the instant the verifier would refuse it. Keyed
+/// by the whole token, so only the exact string that was verified is
+/// answered from here. Bounded (`quick_cache` evicts the least useful
+/// entries); one per worker thread, so no lock.
 #[derive(Debug)]
 pub struct TokenCache {
-    map: std::collections::HashMap<Box<str>, Verified>,
-    capacity: usize,
+    /// `None` when caching is off (capacity 0).
+    entries: Option<quick_cache::unsync::Cache<Box<str>, Verified>>,
 }
 
 impl TokenCache {
     /// A cache of at most `capacity` tokens (0: no caching).
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: std::collections::HashMap::with_capacity(capacity.min(1024)),
-            capacity,
+            entries: (capacity > 0).then(|| quick_cache::unsync::Cache::new(capacity)),
         }
     }
 
@@ -71,23 +73,43 @@ impl TokenCache {
         verifier: &Verifier,
         header: Option<&[u8]>,
     ) -> Result<UserId, AuthError> {
+        self.authenticate_at(verifier, header, Utc::now())
+    }
+
+    /// [`TokenCache::authenticate`] at the instant `now`.
+    fn authenticate_at(
+        &mut self,
+        verifier: &Verifier,
+        header: Option<&[u8]>,
+        now: DateTime<Utc>,
+    ) -> Result<UserId, AuthError> {
         let header = header.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or(AuthError::Missing)?;
-        let now = chrono::Utc::now().timestamp();
-        if let Some(hit) = self.map.get(token) {
-            if now <= hit.valid_until {
-                return Ok(hit.user);
-            }
-            self.map.remove(token);
+        if let Some(user) = self.cached(token, now) {
+            return Ok(user);
         }
-        let verified = verifier.verify_until(token)?;
-        if self.capacity > 0 {
-            if self.map.len() >= self.capacity {
-                self.map.clear();
-            }
-            self.map.insert(token.into(), verified);
-        }
+        let verified = verifier.verify_at(token, now)?;
+        self.remember(token, verified);
         Ok(verified.user)
+    }
+
+    /// The user of `token` when it is cached and still valid at `now` (the
+    /// verifier's own rule: refused once `now` is past `exp` + leeway); an
+    /// entry past its deadline is dropped.
+    fn cached(&mut self, token: &str, now: DateTime<Utc>) -> Option<UserId> {
+        let entries = self.entries.as_mut()?;
+        let hit = *entries.get(token)?;
+        if now <= hit.valid_until {
+            return Some(hit.user);
+        }
+        entries.remove(token);
+        None
+    }
+
+    fn remember(&mut self, token: &str, verified: Verified) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.insert(token.into(), verified);
+        }
     }
 }
 
@@ -197,6 +219,11 @@ impl Verifier {
     /// Verifies a compact JWS: the user it names, and until when (Unix
     /// seconds, leeway included) that answer holds.
     pub fn verify_until(&self, token: &str) -> Result<Verified, AuthError> {
+        self.verify_at(token, Utc::now())
+    }
+
+    /// [`Verifier::verify_until`] as if the clock read `now`.
+    fn verify_at(&self, token: &str, now: DateTime<Utc>) -> Result<Verified, AuthError> {
         // A JWS compact token is three base64url parts; refuse anything else
         // before doing any work on it.
         if token.is_empty() || token.len() > 8192 || token.split('.').count() != 3 {
@@ -208,18 +235,19 @@ impl Verifier {
         let claims = decoded.payload().map_err(|_| AuthError::Invalid)?;
         let registered = self.registered(claims)?;
         registered
-            .validate(self.validation())
+            .validate(self.validation(now))
             .map_err(|_| AuthError::Invalid)?;
         let user = user_from_claim(claims.rest.get(&self.user_claim)).ok_or(AuthError::Invalid)?;
-        // `exp` is required, so present here.
-        let exp = registered.expiry.map_or(0, |t| t.timestamp());
-        Ok(Verified {
-            user,
-            valid_until: exp.saturating_add(self.leeway.num_seconds()),
-        })
+        // `exp` is required, so present here; biscuit accepted the token
+        // because `now - exp <= leeway`, exactly.
+        let exp = registered.expiry.ok_or(AuthError::Invalid)?;
+        let valid_until = exp
+            .checked_add_signed(self.leeway)
+            .ok_or(AuthError::Invalid)?;
+        Ok(Verified { user, valid_until })
     }
 
-    fn validation(&self) -> ValidationOptions {
+    fn validation(&self, now: DateTime<Utc>) -> ValidationOptions {
         ValidationOptions {
             claim_presence_options: ClaimPresenceOptions {
                 expiry: Presence::Required,
@@ -229,7 +257,7 @@ impl Verifier {
             },
             temporal_options: TemporalOptions {
                 epsilon: self.leeway,
-                now: None,
+                now: Some(now),
             },
             issued_at: Validation::Validate(chrono::Duration::MAX),
             not_before: Validation::Validate(()),
@@ -431,14 +459,27 @@ mod tests {
                 cache.authenticate(&verifier, Some(header.as_bytes())),
                 verifier.verify(t)
             );
-            assert!(cache.map.len() <= 2);
+            assert!(cache.entries.as_ref().map_or(0, |e| e.len()) <= 2);
+        }
+        for user in 10..60 {
+            let header = format!("Bearer {}", token(user, 60));
+            assert!(cache
+                .authenticate(&verifier, Some(header.as_bytes()))
+                .is_ok());
+            assert!(cache.entries.as_ref().map_or(0, |e| e.len()) <= 2);
         }
         assert_eq!(cache.authenticate(&verifier, None), Err(AuthError::Missing));
         assert_eq!(
             cache.authenticate(&verifier, Some(b"Bearer x.y.z")),
             Err(AuthError::Invalid)
         );
-        assert!(!cache.map.contains_key("x.y.z"), "failures are not cached");
+        assert!(
+            !cache
+                .entries
+                .as_ref()
+                .is_some_and(|e| e.contains_key("x.y.z")),
+            "failures are not cached"
+        );
     }
 
     #[test]
@@ -450,18 +491,87 @@ mod tests {
         assert!(cache
             .authenticate(&verifier, Some(header.as_bytes()))
             .is_ok());
+        let entries = cache.entries.as_mut().expect("caching is on");
         // Pretend the clock passed exp + leeway.
-        let entry = cache.map.get_mut(t.as_str()).expect("cached");
-        entry.valid_until = chrono::Utc::now().timestamp() - 1;
+        let mut entry = entries.get_mut(t.as_str()).expect("cached");
+        entry.valid_until = Utc::now() - chrono::Duration::seconds(1);
+        drop(entry);
         // Re-verified: still valid by its real exp, so accepted and re-cached
         // with its real deadline; an entry is never trusted past its deadline.
         assert!(cache
             .authenticate(&verifier, Some(header.as_bytes()))
             .is_ok());
-        assert!(
-            cache.map.get(t.as_str()).expect("re-cached").valid_until
-                > chrono::Utc::now().timestamp()
-        );
+        let entries = cache.entries.as_ref().expect("caching is on");
+        assert!(entries.get(t.as_str()).expect("re-cached").valid_until > Utc::now());
+    }
+
+    /// An HS256 token for user 1 with exactly `exp` (and no `iat`).
+    fn token_expiring_at(exp: i64) -> String {
+        let mut rest = Map::new();
+        rest.insert("sub".into(), Value::String("1".into()));
+        let claims = Claims {
+            exp: Some(Number::from(exp)),
+            nbf: None,
+            iat: None,
+            iss: None,
+            aud: None,
+            rest,
+        };
+        let header = Header::from_registered_header(RegisteredHeader {
+            algorithm: SignatureAlgorithm::HS256,
+            ..RegisteredHeader::default()
+        });
+        Compact::new_decoded(header, claims)
+            .encode(&Secret::Bytes(
+                crate::config::DEV_JWT_SECRET.as_bytes().to_vec(),
+            ))
+            .expect("sign")
+            .encoded()
+            .expect("encoded")
+            .encode()
+    }
+
+    #[test]
+    fn the_token_cache_never_accepts_what_the_verifier_refuses_at_the_same_instant() {
+        let verifier = hs256_verifier();
+        let exp = 2_000_000_000;
+        let deadline = DateTime::from_timestamp(exp, 0).expect("instant") + verifier.leeway;
+        let t = token_expiring_at(exp);
+        let header = format!("Bearer {t}");
+        let issued = deadline - chrono::Duration::seconds(600);
+        let mut cache = TokenCache::new(10);
+        // Every 100 ms from 2 s before the deadline to 2 s after it.
+        for step in -20..=20 {
+            let now = deadline + chrono::Duration::milliseconds(step * 100);
+            // Cached while it was valid, then looked up at `now`.
+            assert!(cache
+                .authenticate_at(&verifier, Some(header.as_bytes()), issued)
+                .is_ok());
+            let from_cache = cache.cached(&t, now);
+            let verdict = verifier.verify_at(&t, now).map(|v| v.user);
+            assert_eq!(
+                from_cache.ok_or(AuthError::Invalid),
+                verdict,
+                "{}ms from exp + leeway: the cache answered {from_cache:?}, the verifier {verdict:?}",
+                step * 100
+            );
+        }
+    }
+
+    #[test]
+    fn a_cache_of_size_zero_remembers_nothing_and_still_verifies() {
+        let verifier = hs256_verifier();
+        let mut cache = TokenCache::new(0);
+        let t = token(1, 60);
+        let header = format!("Bearer {t}");
+        for _ in 0..2 {
+            assert_eq!(
+                cache.authenticate(&verifier, Some(header.as_bytes())),
+                verifier.verify(&t)
+            );
+        }
+        assert!(cache.entries.is_none());
+        assert_eq!(cache.cached(&t, Utc::now()), None);
     }
 
     #[test]

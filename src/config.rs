@@ -6,14 +6,18 @@
 //! every `CONNSTATUS_*` name (`CONNSTATUS_MAX_INFLIGHT` sets `max_inflight`).
 //! Start-up validates the result and stops with one line naming the bad
 //! setting. Secrets are `SecretString`s, so `Debug` output never shows them.
+//! It fails closed: in production, or with a listener beyond loopback, the
+//! shipped development secrets (and short ones) are refused.
 
 use std::net::SocketAddr;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 
 /// The HS256 secret shipped in `config/default.toml` for local development.
@@ -21,74 +25,104 @@ pub const DEV_JWT_SECRET: &str = "connstatus-development-secret-do-not-use-in-pr
 /// The internal token shipped in `config/default.toml` for local development.
 pub const DEV_INTERNAL_TOKEN: &str = "connstatus-development-internal-token";
 
+/// The profiles that need no file of their own in the config folder.
+pub const BUILT_IN_PROFILES: [&str; 3] = ["development", "test", "production"];
+
+/// The most clock leeway a token check may allow.
+pub const MAX_JWT_LEEWAY_SECONDS: u64 = 300;
+
 /// Everything the service and its commands read from configuration.
+///
+/// Each value is checked as it is read (a count or timeout that must be
+/// positive is a `NonZero*`, a listener a `SocketAddr`, ...), so the error
+/// names the key; only rules that span settings are left to `validate`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
-    /// The profile name (`CONNSTATUS_ENV`); `production` refuses dev secrets.
+    /// The profile name (`CONNSTATUS_ENV`): one of [`BUILT_IN_PROFILES`] or
+    /// a name with a `<config dir>/<name>.toml`; `production` refuses the
+    /// development secrets.
     #[serde(default = "default_env", deserialize_with = "lenient_string")]
     pub env: String,
+    /// The folder the TOML layers were read from (`CONNSTATUS_CONFIG_DIR`).
+    #[serde(default = "default_config_dir")]
+    pub config_dir: String,
     /// `DATABASE_URL`: `mysql://user:password@host:port/database`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "mysql_url")]
     pub database_url: SecretString,
     /// `REDIS_URL`: `redis://host:port[/db]`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "redis_url")]
     pub redis_url: SecretString,
     /// `CONNSTATUS_BIND`: the public listener.
-    #[serde(deserialize_with = "lenient_string")]
-    pub bind: String,
+    #[serde(deserialize_with = "socket_address")]
+    pub bind: SocketAddr,
     /// `CONNSTATUS_ADMIN_BIND`: the admin listener.
-    #[serde(deserialize_with = "lenient_string")]
-    pub admin_bind: String,
+    #[serde(deserialize_with = "socket_address")]
+    pub admin_bind: SocketAddr,
     /// `CONNSTATUS_WORKERS`: HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// `CONNSTATUS_MIGRATE_ON_START`: `serve` applies pending migrations.
     pub migrate_on_start: bool,
     /// `CONNSTATUS_LOG_FORMAT`: `text` or `json`.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "log_format")]
     pub log_format: String,
     /// JWT verification settings.
     #[serde(flatten)]
     pub jwt: JwtSettings,
     /// `CONNSTATUS_INTERNAL_TOKEN`: the bearer token of `/internal/*`.
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "non_empty_secret")]
     pub internal_token: SecretString,
     /// `CONNSTATUS_MAX_INFLIGHT`: requests in flight per instance before 429.
-    pub max_inflight: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_inflight: NonZeroUsize,
     /// `CONNSTATUS_DRAIN_SECONDS`: how long readiness reports 503 before the
     /// listeners stop accepting.
     pub drain_seconds: u64,
     /// `CONNSTATUS_GRACE_SECONDS`: the most a shutdown may take.
-    pub grace_seconds: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub grace_seconds: NonZeroU64,
     /// Cache settings.
     #[serde(flatten)]
     pub cache: CacheSettings,
-    /// `CONNSTATUS_MYSQL_POOL_SIZE`: connections in the MySQL pool.
+    /// `CONNSTATUS_MYSQL_POOL_SIZE`: connections in the MySQL pool (at least
+    /// 1; a plain number because the pool builders take one).
+    #[serde(deserialize_with = "positive_usize")]
     pub mysql_pool_size: usize,
     /// `CONNSTATUS_MYSQL_TIMEOUT_MS`: the most one MySQL call (checkout
     /// included) may take before the request gets a 503.
-    pub mysql_timeout_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub mysql_timeout_ms: NonZeroU64,
     /// `CONNSTATUS_MAX_BODY_BYTES`: the largest request body accepted (413).
-    pub max_body_bytes: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_body_bytes: NonZeroUsize,
+    /// `CONNSTATUS_BODY_TIMEOUT_MS`: the most reading a whole request body
+    /// may take (408 and the connection closed beyond it).
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub body_timeout_ms: NonZeroU64,
     /// `CONNSTATUS_MAX_HEADER_BYTES`: the most header bytes a request may
     /// carry (431).
-    pub max_header_bytes: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_header_bytes: NonZeroUsize,
     /// `CONNSTATUS_MAX_EVENTS`: the most events in one events request.
-    pub max_events: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_events: NonZeroUsize,
     /// `CONNSTATUS_MAX_BATCH_IDS`: the most distinct ids in one batch.
-    pub max_batch_ids: usize,
+    #[serde(deserialize_with = "nonzero_usize")]
+    pub max_batch_ids: NonZeroUsize,
     /// `CONNSTATUS_METRICS_UPKEEP_MS`: how often recorded histogram samples
     /// are folded into their buckets (they are held in memory until then).
-    pub metrics_upkeep_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub metrics_upkeep_ms: NonZeroU64,
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
     /// retried (and how old one must be to be retried).
-    pub refresh_retry_ms: u64,
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub refresh_retry_ms: NonZeroU64,
 }
 
 /// JWT verification (CONTRACT section 4).
 #[derive(Debug, Clone, Deserialize)]
 pub struct JwtSettings {
     /// `CONNSTATUS_JWT_ALGORITHM`: HS256, RS256 or ES256.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "jwt_algorithm")]
     pub jwt_algorithm: String,
     /// `CONNSTATUS_JWT_SECRET`: the HS256 shared secret.
     #[serde(default, deserialize_with = "lenient_opt_secret")]
@@ -102,33 +136,40 @@ pub struct JwtSettings {
     /// `CONNSTATUS_JWT_AUDIENCE`: required `aud` when set.
     #[serde(default, deserialize_with = "lenient_opt_string")]
     pub jwt_audience: Option<String>,
-    /// `CONNSTATUS_JWT_LEEWAY_SECONDS`: clock leeway for `exp`/`nbf`/`iat`.
+    /// `CONNSTATUS_JWT_LEEWAY_SECONDS`: clock leeway for `exp`/`nbf`/`iat`,
+    /// at most [`MAX_JWT_LEEWAY_SECONDS`].
+    #[serde(deserialize_with = "jwt_leeway")]
     pub jwt_leeway_seconds: u64,
     /// `CONNSTATUS_JWT_CACHE_SIZE`: verified tokens remembered per worker
     /// (0: verify every request).
     pub jwt_cache_size: usize,
     /// `CONNSTATUS_JWT_USER_CLAIM`: the claim that holds the caller's id.
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "non_empty_string")]
     pub jwt_user_claim: String,
 }
 
-/// Redis cache settings.
+/// Redis cache settings. The numbers stay plain (the cache reads them as
+/// such); the positive ones are checked as they are read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
     /// `CONNSTATUS_REDIS_PREFIX`: prefix of every key (isolates tenants and
     /// tests; bump it to abandon an old key layout).
-    #[serde(deserialize_with = "lenient_string")]
+    #[serde(deserialize_with = "non_empty_string")]
     pub redis_prefix: String,
     /// `CONNSTATUS_CACHE_TTL_SECONDS`: backstop TTL of an entry (±10% jitter).
+    #[serde(deserialize_with = "positive_u64")]
     pub cache_ttl_seconds: u64,
     /// `CONNSTATUS_NEGATIVE_TTL_SECONDS`: TTL of a cached "no such user" for
     /// an id that never had a row.
+    #[serde(deserialize_with = "positive_u64")]
     pub negative_ttl_seconds: u64,
     /// `CONNSTATUS_CACHE_LEASE_MS`: how long a miss's lease lasts; a fill
     /// that comes later is dropped (so it should outlast a MySQL read).
+    #[serde(deserialize_with = "positive_u64")]
     pub cache_lease_ms: u64,
     /// `CONNSTATUS_REDIS_TIMEOUT_MS`: the most one request-path Redis call may
     /// take before the answer comes from MySQL instead.
+    #[serde(deserialize_with = "positive_u64")]
     pub redis_timeout_ms: u64,
     /// `CONNSTATUS_REDIS_BREAKER_MS`: after a Redis failure, how long the
     /// request path skips Redis before trying again.
@@ -137,6 +178,10 @@ pub struct CacheSettings {
 
 fn default_env() -> String {
     "development".to_owned()
+}
+
+fn default_config_dir() -> String {
+    "config".to_owned()
 }
 
 /// A configuration that cannot run; the message names the setting.
@@ -149,7 +194,7 @@ impl Settings {
     /// process environment, then validates.
     pub fn load() -> Result<Self, ConfigError> {
         let profile = std::env::var("CONNSTATUS_ENV").unwrap_or_else(|_| default_env());
-        let dir = std::env::var("CONNSTATUS_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        let dir = std::env::var("CONNSTATUS_CONFIG_DIR").unwrap_or_else(|_| default_config_dir());
         Self::from_figment(Self::figment(&dir, &profile))
     }
 
@@ -163,136 +208,115 @@ impl Settings {
             .merge(Toml::file(format!("{dir}/{profile}.toml")))
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
             .merge(Env::prefixed("CONNSTATUS_").ignore(&["CONFIG_DIR"]))
+            .merge(("config_dir", dir))
     }
 
     /// Extracts and validates settings from `figment`.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(|e| ConfigError(describe(e)))?;
+        let named = |e| ConfigError(describe(e));
+        // Inside `#[serde(flatten)]` serde loses the key of a bad value, so
+        // the groups are read on their own first: their errors name the key.
+        figment.extract::<JwtSettings>().map_err(named)?;
+        figment.extract::<CacheSettings>().map_err(named)?;
+        let settings: Settings = figment.extract().map_err(named)?;
         settings.validate()?;
         Ok(settings)
     }
 
+    /// The rules that span settings; each value was checked as it was read.
     fn validate(&self) -> Result<(), ConfigError> {
-        let fail = |msg: String| Err(ConfigError(msg));
-        for (name, value) in [
-            ("CONNSTATUS_BIND", &self.bind),
-            ("CONNSTATUS_ADMIN_BIND", &self.admin_bind),
-        ] {
-            if value.parse::<SocketAddr>().is_err() {
-                return fail(format!(
-                    "{name}: `{value}` is not an address like 127.0.0.1:8080"
-                ));
-            }
-        }
-        if !self.database_url.expose_secret().starts_with("mysql://") {
-            return fail("DATABASE_URL: must be a mysql:// URL".into());
-        }
-        let redis = self.redis_url.expose_secret();
-        if !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            return fail("REDIS_URL: must be a redis:// or rediss:// URL".into());
-        }
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return fail(format!(
-                "CONNSTATUS_LOG_FORMAT: `{}` is neither text nor json",
-                self.log_format
-            ));
-        }
-        for (name, value) in [
-            ("CONNSTATUS_MAX_INFLIGHT", self.max_inflight as u64),
-            ("CONNSTATUS_GRACE_SECONDS", self.grace_seconds),
-            ("CONNSTATUS_MYSQL_POOL_SIZE", self.mysql_pool_size as u64),
-            ("CONNSTATUS_MYSQL_TIMEOUT_MS", self.mysql_timeout_ms),
-            ("CONNSTATUS_REDIS_TIMEOUT_MS", self.cache.redis_timeout_ms),
-            ("CONNSTATUS_CACHE_TTL_SECONDS", self.cache.cache_ttl_seconds),
-            (
-                "CONNSTATUS_NEGATIVE_TTL_SECONDS",
-                self.cache.negative_ttl_seconds,
-            ),
-            ("CONNSTATUS_CACHE_LEASE_MS", self.cache.cache_lease_ms),
-            ("CONNSTATUS_MAX_BODY_BYTES", self.max_body_bytes as u64),
-            ("CONNSTATUS_MAX_HEADER_BYTES", self.max_header_bytes as u64),
-            ("CONNSTATUS_MAX_EVENTS", self.max_events as u64),
-            ("CONNSTATUS_MAX_BATCH_IDS", self.max_batch_ids as u64),
-            ("CONNSTATUS_REFRESH_RETRY_MS", self.refresh_retry_ms),
-            ("CONNSTATUS_METRICS_UPKEEP_MS", self.metrics_upkeep_ms),
-        ] {
-            if value == 0 {
-                return fail(format!("{name}: must be greater than 0"));
-            }
-        }
-        if self.cache.redis_prefix.is_empty() {
-            return fail("CONNSTATUS_REDIS_PREFIX: must not be empty".into());
-        }
-        if self.jwt.jwt_user_claim.is_empty() {
-            return fail("CONNSTATUS_JWT_USER_CLAIM: must not be empty".into());
-        }
-        if self.internal_token.expose_secret().is_empty() {
-            return fail("CONNSTATUS_INTERNAL_TOKEN: must not be empty".into());
-        }
         // The key itself is loaded (and checked) by the verifier at start-up.
-        match self.jwt.jwt_algorithm.as_str() {
-            "HS256" => match &self.jwt.jwt_secret {
-                Some(s) if !s.expose_secret().is_empty() => {}
-                _ => return fail("CONNSTATUS_JWT_SECRET: required for HS256".into()),
-            },
-            "RS256" | "ES256" => {
-                if self.jwt.jwt_public_key.is_none() {
-                    return fail(format!(
-                        "CONNSTATUS_JWT_PUBLIC_KEY: required for {}",
-                        self.jwt.jwt_algorithm
-                    ));
-                }
-            }
-            other => {
-                return fail(format!(
-                    "CONNSTATUS_JWT_ALGORITHM: `{other}` is not one of HS256, RS256, ES256"
+        let jwt = &self.jwt;
+        match (
+            jwt.jwt_algorithm.as_str(),
+            &jwt.jwt_secret,
+            &jwt.jwt_public_key,
+        ) {
+            ("HS256", None, _) => {
+                return Err(ConfigError(
+                    "CONNSTATUS_JWT_SECRET: required for HS256".into(),
                 ))
             }
+            (algorithm @ ("RS256" | "ES256"), _, None) => {
+                return Err(ConfigError(format!(
+                    "CONNSTATUS_JWT_PUBLIC_KEY: required for {algorithm}"
+                )))
+            }
+            _ => {}
         }
-        if self.env == "production" {
-            self.refuse_development_secrets()?;
+        self.check_profile()?;
+        if let Some(why) = self.exposure() {
+            self.refuse_development_secrets(&why)?;
         }
         Ok(())
     }
 
-    fn refuse_development_secrets(&self) -> Result<(), ConfigError> {
-        if self.internal_token.expose_secret() == DEV_INTERNAL_TOKEN
-            || self.internal_token.expose_secret().len() < 32
-        {
-            return Err(ConfigError(
-                "CONNSTATUS_INTERNAL_TOKEN: production needs its own token of at least 32 characters"
-                    .into(),
-            ));
+    /// A built-in profile, or one the operator added as a file.
+    fn check_profile(&self) -> Result<(), ConfigError> {
+        let name = self.env.as_str();
+        let sane = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let file = std::path::Path::new(&self.config_dir).join(format!("{name}.toml"));
+        if BUILT_IN_PROFILES.contains(&name) || (sane && file.is_file()) {
+            return Ok(());
+        }
+        Err(ConfigError(format!(
+            "CONNSTATUS_ENV: `{}` is not a profile: use development, test or production, or add {}",
+            name.chars().take(64).collect::<String>(),
+            file.display()
+        )))
+    }
+
+    /// Why the development secrets must not be used here, if they must not:
+    /// the production profile, or a listener that others can reach.
+    fn exposure(&self) -> Option<String> {
+        if self.env == "production" {
+            return Some("in production".into());
+        }
+        [
+            ("CONNSTATUS_BIND", self.bind),
+            ("CONNSTATUS_ADMIN_BIND", self.admin_bind),
+        ]
+        .into_iter()
+        .find(|(_, addr)| !addr.ip().to_canonical().is_loopback())
+        .map(|(name, addr)| format!("when {name} ({addr}) is not a loopback address"))
+    }
+
+    /// Fails closed: the shipped development secrets (anyone can read them)
+    /// and short ones are refused; `why` says what makes this setup exposed.
+    fn refuse_development_secrets(&self, why: &str) -> Result<(), ConfigError> {
+        let internal = self.internal_token.expose_secret();
+        if internal == DEV_INTERNAL_TOKEN || internal.len() < 32 {
+            return Err(ConfigError(format!(
+                "CONNSTATUS_INTERNAL_TOKEN: the development token and tokens under 32 characters are refused {why}"
+            )));
         }
         if self.jwt.jwt_algorithm == "HS256" {
             let secret = self.jwt.jwt_secret.as_ref().map(|s| s.expose_secret());
             if matches!(secret, Some(s) if s == DEV_JWT_SECRET || s.len() < 32) {
-                return Err(ConfigError(
-                    "CONNSTATUS_JWT_SECRET: production needs its own secret of at least 32 characters"
-                        .into(),
-                ));
+                return Err(ConfigError(format!(
+                    "CONNSTATUS_JWT_SECRET: the development secret and secrets under 32 characters are refused {why}"
+                )));
             }
         }
         Ok(())
     }
 
-    /// The listener address (validated at load).
+    /// The listener address.
     pub fn bind_addr(&self) -> SocketAddr {
         self.bind
-            .parse()
-            .unwrap_or_else(|_| unreachable!("validated"))
     }
 
-    /// The admin listener address (validated at load).
+    /// The admin listener address.
     pub fn admin_bind_addr(&self) -> SocketAddr {
         self.admin_bind
-            .parse()
-            .unwrap_or_else(|_| unreachable!("validated"))
     }
 
     /// The MySQL call timeout.
     pub fn mysql_timeout(&self) -> Duration {
-        Duration::from_millis(self.mysql_timeout_ms)
+        Duration::from_millis(self.mysql_timeout_ms.get())
     }
 
     /// The public-key path, when configured.
@@ -362,10 +386,384 @@ fn lenient_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>,
     Ok((!s.trim().is_empty()).then_some(s))
 }
 
-fn lenient_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    lenient_string(d).map(SecretString::from)
-}
-
 fn lenient_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     lenient_opt_string(d).map(|s| s.map(SecretString::from))
+}
+
+/// The message of a count or duration that must not be 0.
+const NOT_ZERO: &str = "must be greater than 0";
+
+fn nonzero_u64<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroU64, D::Error> {
+    NonZeroU64::new(u64::deserialize(d)?).ok_or_else(|| D::Error::custom(NOT_ZERO))
+}
+
+fn nonzero_usize<'de, D: Deserializer<'de>>(d: D) -> Result<NonZeroUsize, D::Error> {
+    NonZeroUsize::new(usize::deserialize(d)?).ok_or_else(|| D::Error::custom(NOT_ZERO))
+}
+
+fn positive_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    nonzero_u64(d).map(NonZeroU64::get)
+}
+
+fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    nonzero_usize(d).map(NonZeroUsize::get)
+}
+
+fn jwt_leeway<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let seconds = u64::deserialize(d)?;
+    if seconds > MAX_JWT_LEEWAY_SECONDS {
+        return Err(D::Error::custom(format!(
+            "{seconds} is more than the {MAX_JWT_LEEWAY_SECONDS} s allowed"
+        )));
+    }
+    Ok(seconds)
+}
+
+fn socket_address<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = lenient_string(d)?;
+    text.parse()
+        .map_err(|_| D::Error::custom(format!("`{text}` is not an address like 127.0.0.1:8080")))
+}
+
+/// A string that is one of `allowed`; `refusal` says so about another.
+fn one_of<'de, D: Deserializer<'de>>(
+    d: D,
+    allowed: &[&str],
+    refusal: &str,
+) -> Result<String, D::Error> {
+    let text = lenient_string(d)?;
+    if allowed.contains(&text.as_str()) {
+        return Ok(text);
+    }
+    let shown: String = text.chars().take(64).collect();
+    Err(D::Error::custom(format!("`{shown}` {refusal}")))
+}
+
+fn log_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(d, &["text", "json"], "is neither text nor json")
+}
+
+fn jwt_algorithm<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    one_of(
+        d,
+        &["HS256", "RS256", "ES256"],
+        "is not one of HS256, RS256, ES256",
+    )
+}
+
+fn non_empty_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = lenient_string(d)?;
+    if text.is_empty() {
+        return Err(D::Error::custom("must not be empty"));
+    }
+    Ok(text)
+}
+
+fn non_empty_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    non_empty_string(d).map(SecretString::from)
+}
+
+/// A URL with one of `schemes`; the URL itself (it may hold a password)
+/// never appears in the message.
+fn url_with<'de, D: Deserializer<'de>>(
+    d: D,
+    schemes: &[&str],
+    refusal: &'static str,
+) -> Result<SecretString, D::Error> {
+    let url = lenient_string(d)?;
+    if schemes.iter().any(|scheme| url.starts_with(scheme)) {
+        return Ok(SecretString::from(url));
+    }
+    Err(D::Error::custom(refusal))
+}
+
+fn mysql_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    url_with(d, &["mysql://"], "must be a mysql:// URL")
+}
+
+fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    url_with(
+        d,
+        &["redis://", "rediss://"],
+        "must be a redis:// or rediss:// URL",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// The shipped layers under `config/` for `profile`, with `overrides`
+    /// (config keys and values) merged last.
+    fn load(profile: &str, overrides: &[(&str, Value)]) -> Result<Settings, ConfigError> {
+        let mut figment = Settings::figment("config", profile);
+        for (key, value) in overrides {
+            figment = figment.merge((*key, value.clone()));
+        }
+        Settings::from_figment(figment)
+    }
+
+    fn error(profile: &str, overrides: &[(&str, Value)]) -> String {
+        match load(profile, overrides) {
+            Ok(_) => panic!("{overrides:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// `message` is one line that starts by naming the variable `name`
+    /// (followed by where the value came from, when not the environment).
+    fn assert_names(message: &str, name: &str) {
+        let rest = message
+            .strip_prefix("configuration error: ")
+            .and_then(|m| m.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} is not named first: {message}"));
+        assert!(
+            rest.starts_with(": ") || rest.starts_with(" ("),
+            "{message}"
+        );
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+
+    /// Secrets of 40 characters, neither of them the development ones.
+    fn own_secrets() -> Vec<(&'static str, Value)> {
+        vec![
+            ("jwt_secret", json!("s".repeat(40))),
+            ("internal_token", json!("t".repeat(40))),
+        ]
+    }
+
+    fn with(
+        mut base: Vec<(&'static str, Value)>,
+        more: &[(&'static str, Value)],
+    ) -> Vec<(&'static str, Value)> {
+        base.extend(more.iter().cloned());
+        base
+    }
+
+    #[test]
+    fn a_listener_beyond_loopback_refuses_the_development_secrets_whatever_the_profile() {
+        for (key, address) in [
+            ("bind", "0.0.0.0:8080"),
+            ("admin_bind", "0.0.0.0:9091"),
+            ("bind", "192.0.2.7:8080"),
+            ("admin_bind", "[::]:9091"),
+        ] {
+            for profile in ["development", "test"] {
+                let listener = [(key, json!(address)), ("env", json!(profile))];
+                // Both development secrets: the first one is named.
+                let message = error(profile, &listener);
+                assert_names(&message, "CONNSTATUS_INTERNAL_TOKEN");
+                // An own internal token, the development JWT secret.
+                let message = error(
+                    profile,
+                    &[
+                        listener.as_slice(),
+                        &[("internal_token", json!("t".repeat(40)))],
+                    ]
+                    .concat(),
+                );
+                assert_names(&message, "CONNSTATUS_JWT_SECRET");
+                // Own secrets, but one too short.
+                for (short, name) in [
+                    ("jwt_secret", "CONNSTATUS_JWT_SECRET"),
+                    ("internal_token", "CONNSTATUS_INTERNAL_TOKEN"),
+                ] {
+                    let message = error(
+                        profile,
+                        &with(
+                            with(own_secrets(), &listener),
+                            &[(short, json!("x".repeat(31)))],
+                        ),
+                    );
+                    assert_names(&message, name);
+                }
+                // Own secrets of 32 characters or more: fine.
+                assert!(load(profile, &with(own_secrets(), &listener)).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn loopback_listeners_may_use_the_development_secrets_outside_production() {
+        for (bind, admin) in [
+            ("127.0.0.1:8080", "127.0.0.1:9091"),
+            ("[::1]:8080", "127.0.0.2:9091"),
+        ] {
+            let settings = load(
+                "development",
+                &[("bind", json!(bind)), ("admin_bind", json!(admin))],
+            )
+            .expect("a developer's machine");
+            assert_eq!(
+                settings
+                    .jwt
+                    .jwt_secret
+                    .as_ref()
+                    .map(|s| s.expose_secret().to_owned()),
+                Some(DEV_JWT_SECRET.to_owned())
+            );
+        }
+        // Production refuses them even on loopback.
+        let message = error("production", &[("env", json!("production"))]);
+        assert_names(&message, "CONNSTATUS_INTERNAL_TOKEN");
+        assert!(load(
+            "production",
+            &with(own_secrets(), &[("env", json!("production"))])
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn an_unknown_profile_is_a_configuration_error_unless_its_file_exists() {
+        for known in ["development", "test"] {
+            assert!(load(known, &[("env", json!(known))]).is_ok(), "{known}");
+        }
+        let message = error("stagin", &[("env", json!("stagin"))]);
+        assert_names(&message, "CONNSTATUS_ENV");
+        assert!(message.contains("stagin"), "{message}");
+        // An operator's own profile, with its file in the config folder.
+        let dir = std::env::temp_dir().join(format!("cs_config_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("staging.toml"), "max_events = 7\n").expect("profile file");
+        let dir_text = dir.to_str().expect("utf-8 path");
+        let staging = Settings::from_figment(
+            Settings::figment(dir_text, "staging").merge(("env", "staging")),
+        );
+        let missing =
+            Settings::from_figment(Settings::figment(dir_text, "qa").merge(("env", "qa")));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(staging.expect("staging has its file").max_events.get(), 7);
+        let message = missing.expect_err("qa has no file").to_string();
+        assert_names(&message, "CONNSTATUS_ENV");
+    }
+
+    #[test]
+    fn the_jwt_leeway_is_capped_at_five_minutes() {
+        let settings = load("test", &[("jwt_leeway_seconds", json!(300))]).expect("300 s");
+        assert_eq!(settings.jwt.jwt_leeway_seconds, 300);
+        let message = error("test", &[("jwt_leeway_seconds", json!(301))]);
+        assert_names(&message, "CONNSTATUS_JWT_LEEWAY_SECONDS");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable_in_the_jwt_and_cache_groups_too() {
+        for (key, value, name) in [
+            ("jwt_cache_size", json!("lots"), "CONNSTATUS_JWT_CACHE_SIZE"),
+            (
+                "jwt_leeway_seconds",
+                json!(-1),
+                "CONNSTATUS_JWT_LEEWAY_SECONDS",
+            ),
+            (
+                "redis_timeout_ms",
+                json!("lots"),
+                "CONNSTATUS_REDIS_TIMEOUT_MS",
+            ),
+            (
+                "cache_ttl_seconds",
+                json!(1.5),
+                "CONNSTATUS_CACHE_TTL_SECONDS",
+            ),
+            (
+                "redis_breaker_ms",
+                json!(true),
+                "CONNSTATUS_REDIS_BREAKER_MS",
+            ),
+        ] {
+            let message = error("test", &[(key, value)]);
+            assert_names(&message, name);
+        }
+    }
+
+    #[test]
+    fn every_count_and_timeout_that_must_be_positive_refuses_zero_naming_its_variable() {
+        for key in [
+            "max_inflight",
+            "grace_seconds",
+            "mysql_pool_size",
+            "mysql_timeout_ms",
+            "max_body_bytes",
+            "body_timeout_ms",
+            "max_header_bytes",
+            "max_events",
+            "max_batch_ids",
+            "metrics_upkeep_ms",
+            "refresh_retry_ms",
+            "cache_ttl_seconds",
+            "redis_timeout_ms",
+        ] {
+            let message = error("test", &[(key, json!(0))]);
+            assert_names(&message, &env_name(key));
+            assert!(message.ends_with(": must be greater than 0"), "{message}");
+            let message = error("test", &[(key, json!("lots"))]);
+            assert_names(&message, &env_name(key));
+            assert!(
+                message.contains(": invalid type: found string \"lots\", expected u"),
+                "{message}"
+            );
+        }
+        // Zero is a value of its own where it means something.
+        let settings = load(
+            "test",
+            &[
+                ("workers", json!(0)),
+                ("drain_seconds", json!(0)),
+                ("jwt_cache_size", json!(0)),
+                ("redis_breaker_ms", json!(0)),
+            ],
+        )
+        .expect("zero allowed");
+        assert_eq!(settings.workers, 0);
+    }
+
+    #[test]
+    fn strings_and_addresses_are_checked_as_they_are_read() {
+        for (key, value, tail) in [
+            (
+                "bind",
+                "8080",
+                "`8080` is not an address like 127.0.0.1:8080",
+            ),
+            (
+                "admin_bind",
+                "x",
+                "`x` is not an address like 127.0.0.1:8080",
+            ),
+            (
+                "database_url",
+                "postgres://u:pw@h/d",
+                "must be a mysql:// URL",
+            ),
+            (
+                "redis_url",
+                "http://h",
+                "must be a redis:// or rediss:// URL",
+            ),
+            ("log_format", "xml", "`xml` is neither text nor json"),
+            (
+                "jwt_algorithm",
+                "none",
+                "`none` is not one of HS256, RS256, ES256",
+            ),
+            ("redis_prefix", "", "must not be empty"),
+            ("jwt_user_claim", "", "must not be empty"),
+            ("internal_token", "", "must not be empty"),
+        ] {
+            let message = error("test", &[(key, json!(value))]);
+            assert_names(&message, &env_name(key));
+            assert!(message.ends_with(&format!(": {tail}")), "{message}");
+            assert!(!message.contains("pw@"), "a URL is never shown: {message}");
+        }
+        let settings = load("test", &[("bind", json!("[::1]:0"))]).expect("IPv6");
+        assert_eq!(settings.bind_addr(), "[::1]:0".parse().expect("address"));
+    }
+
+    #[test]
+    fn the_body_timeout_defaults_to_five_seconds_and_zero_is_refused() {
+        let settings = load("test", &[]).expect("defaults");
+        assert_eq!(settings.body_timeout_ms.get(), 5_000);
+        let message = error("test", &[("body_timeout_ms", json!(0))]);
+        assert_names(&message, "CONNSTATUS_BODY_TIMEOUT_MS");
+    }
 }

@@ -39,21 +39,23 @@ impl Application {
         let state = web::Data::new(AppState {
             verifier: Verifier::from_settings(&settings.jwt).map_err(anyhow::Error::msg)?,
             internal_token: settings.internal_token.clone(),
-            max_body_bytes: settings.max_body_bytes,
-            max_events: settings.max_events,
-            max_batch_ids: settings.max_batch_ids,
+            max_body_bytes: settings.max_body_bytes.get(),
+            body_timeout: Duration::from_millis(settings.body_timeout_ms.get()),
+            max_events: settings.max_events.get(),
+            max_batch_ids: settings.max_batch_ids.get(),
             shutting_down: AtomicBool::new(false),
-            inflight: Inflight::new(settings.max_inflight),
+            inflight: Inflight::new(settings.max_inflight.get()),
         });
         let worker = worker_factory(settings)?;
         spawn_background(settings, &worker)?;
         let limits = web::Data::new(Limits {
-            max_header_bytes: settings.max_header_bytes,
+            max_header_bytes: settings.max_header_bytes.get(),
         });
         // In-flight requests get what is left of the grace period once the
         // drain delay is over.
         let stop_timeout = settings
             .grace_seconds
+            .get()
             .saturating_sub(settings.drain_seconds)
             .max(1);
         let workers = match settings.workers {
@@ -175,11 +177,11 @@ fn spawn_background(
     let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;
     tokio::spawn(refresh::sweep_forever(
         sweeper,
-        Duration::from_millis(settings.refresh_retry_ms),
+        Duration::from_millis(settings.refresh_retry_ms.get()),
     ));
     crate::meters::handle();
     tokio::spawn(crate::meters::upkeep_forever(Duration::from_millis(
-        settings.metrics_upkeep_ms,
+        settings.metrics_upkeep_ms.get(),
     )));
     Ok(())
 }

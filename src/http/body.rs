@@ -1,13 +1,26 @@
 //! Reading a JSON request body within limits: the content type must be JSON
 //! (415), the body no larger than the limit (413, checked before and while
-//! reading, so a large body is never buffered), and the text valid JSON
+//! reading, so a large body is never buffered), the whole body read within
+//! the body deadline (408 and the connection closed, so a client trickling
+//! its body cannot hold an in-flight slot), and the text valid JSON
 //! (400; serde_json's nesting limit turns a deeply nested body into a 400 too).
+
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use futures_util::StreamExt;
 
 use super::errors::ApiError;
+use super::AppState;
+
+/// The body deadline when the app carries no [`AppState`] (the configured
+/// default).
+const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The first allocation for a body; it grows as bytes arrive, never from
+/// what `Content-Length` announces.
+const INITIAL_CAPACITY: usize = 1024;
 
 /// Reads and parses the body of `req` as JSON.
 pub async fn json(
@@ -24,10 +37,11 @@ pub fn parse(body: &[u8]) -> Result<serde_json::Value, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("body: not valid JSON ({e})")))
 }
 
-/// Reads the body of `req`, which must say it is JSON, within `limit`.
+/// Reads the body of `req`, which must say it is JSON, within `limit` bytes
+/// and the body deadline (`AppState::body_timeout`).
 pub async fn bytes(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<web::BytesMut, ApiError> {
     let content_type = req
@@ -56,7 +70,22 @@ pub async fn bytes(
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge(limit));
     }
-    let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
+    let deadline = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(DEFAULT_BODY_TIMEOUT, |state| state.body_timeout);
+    let capacity = declared.unwrap_or(INITIAL_CAPACITY).min(INITIAL_CAPACITY);
+    tokio::time::timeout(deadline, read(payload, limit, capacity))
+        .await
+        .map_err(|_| ApiError::RequestTimeout)?
+}
+
+/// Reads `payload` to its end, refusing it once it passes `limit`.
+async fn read(
+    mut payload: web::Payload,
+    limit: usize,
+    capacity: usize,
+) -> Result<web::BytesMut, ApiError> {
+    let mut body = web::BytesMut::with_capacity(capacity);
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("body: could not be read ({e})")))?;

@@ -1,7 +1,6 @@
 //! What every request passes through first: its `X-Request-Id`, the
 //! in-flight cap (429 beyond it), its log span, and its metrics.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -15,6 +14,7 @@ use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, Error, ResponseError};
 use metrics::{Counter, Histogram};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use super::errors::ApiError;
@@ -30,40 +30,33 @@ pub struct Limits {
     pub max_header_bytes: usize,
 }
 
-/// The in-flight cap of one instance, shared by its workers.
+/// The in-flight cap of one instance, shared by its workers: a semaphore
+/// with a permit per request in flight, taken without waiting.
 #[derive(Debug)]
 pub struct Inflight {
-    now: AtomicUsize,
+    permits: Arc<Semaphore>,
     max: usize,
 }
 
 impl Inflight {
     /// A cap of `max` requests in flight.
     pub fn new(max: usize) -> Arc<Self> {
+        let max = max.min(Semaphore::MAX_PERMITS);
         Arc::new(Self {
-            now: AtomicUsize::new(0),
+            permits: Arc::new(Semaphore::new(max)),
             max,
         })
     }
 
     /// Requests in flight now.
     pub fn now(&self) -> usize {
-        self.now.load(Ordering::Relaxed)
+        self.max - self.permits.available_permits()
     }
 
-    fn enter(self: &Arc<Self>) -> Option<Slot> {
-        let before = self.now.fetch_add(1, Ordering::AcqRel);
-        let slot = Slot(self.clone());
-        (before < self.max).then_some(slot)
-    }
-}
-
-/// One request's place under the cap; released on drop, whatever happens.
-struct Slot(Arc<Inflight>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    /// A place under the cap, or `None` at once when there is none; the
+    /// place is freed when the permit drops, whatever happens.
+    fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 }
 
@@ -248,9 +241,10 @@ mod tests {
         let b = cap.enter();
         assert!(a.is_some() && b.is_some());
         assert!(cap.enter().is_none(), "the third is refused");
+        assert_eq!(cap.now(), 2, "a refused request holds no place");
         drop(a);
         assert!(cap.enter().is_some(), "a freed place is taken again");
         drop(b);
-        assert_eq!(cap.now.load(Ordering::Relaxed), 0);
+        assert_eq!(cap.now(), 0);
     }
 }

@@ -31,6 +31,10 @@ pub enum ApiError {
     /// 409: the action makes no sense in the current state.
     #[error("{0}")]
     Conflict(String),
+    /// 408: the body did not arrive within the configured time; the
+    /// connection is closed after the answer.
+    #[error("The request body was not received in time.")]
+    RequestTimeout,
     /// 413: the body is larger than the configured limit.
     #[error("Request body is larger than {0} bytes.")]
     PayloadTooLarge(usize),
@@ -85,6 +89,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -111,6 +116,11 @@ impl ResponseError for ApiError {
             }
             ApiError::Overloaded => {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECONDS));
+            }
+            ApiError::RequestTimeout => {
+                // The rest of a body that is late may still arrive: the
+                // connection cannot carry another request.
+                response.force_close();
             }
             ApiError::Unavailable(why) => {
                 // The cause is for the operator's log, not for the caller.
@@ -199,5 +209,20 @@ mod tests {
             Some(false)
         );
         assert!(headers.get("retry-after").is_some());
+    }
+
+    #[test]
+    fn a_late_body_is_408_with_a_detail_and_closes_the_connection() {
+        let response = ApiError::RequestTimeout.error_response();
+        assert!(
+            !response.head().keep_alive(),
+            "the connection is closed after the answer"
+        );
+        let (status, body, _) = body_of(ApiError::RequestTimeout);
+        assert_eq!(status, 408);
+        assert_eq!(
+            body,
+            serde_json::json!({"detail": "The request body was not received in time."})
+        );
     }
 }

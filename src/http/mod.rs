@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod status;
 
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -37,6 +38,8 @@ pub struct AppState {
     pub internal_token: SecretString,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
+    /// The most reading one request body may take.
+    pub body_timeout: Duration,
     /// The most events one `POST /internal/v1/events` may carry.
     pub max_events: usize,
     /// The most distinct ids in one batch of statuses.
@@ -78,10 +81,11 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         Method::GET,
         status::get_status,
     ))
-    .service(endpoint(
+    .service(endpoint_where(
         "/api/v2/user/{id}/connection/{action}/",
         Method::POST,
         mutations::mutate,
+        known_action,
     ))
     .service(endpoint(
         "/api/v2/openapi.json",
@@ -108,6 +112,32 @@ where
     Args: actix_web::FromRequest + 'static,
     F::Output: actix_web::Responder + 'static,
 {
+    endpoint_where(path, method, handler, |_| true)
+}
+
+/// Whether the `{action}` of a mutation path names an action: only then is
+/// another method 405; an unknown action is no resource at all (404).
+fn known_action(req: &HttpRequest) -> bool {
+    req.match_info()
+        .get("action")
+        .and_then(crate::domain::transitions::Action::parse)
+        .is_some()
+}
+
+/// [`endpoint`] for a path whose pattern matches more than exists: a request
+/// with another method is 405 only when `exists` says the path names
+/// something, else 404. (With `method`, the handler itself answers 404.)
+pub(crate) fn endpoint_where<F, Args>(
+    path: &'static str,
+    method: Method,
+    handler: F,
+    exists: fn(&HttpRequest) -> bool,
+) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
     let other = match path.strip_suffix('/') {
         Some(bare) => bare.to_owned(),
         None => format!("{path}/"),
@@ -120,8 +150,12 @@ where
     web::resource([path.to_owned(), other])
         .app_data(RouteLabel(path))
         .route(web::route().method(method).to(handler))
-        .default_service(web::to(move |req: HttpRequest| {
-            method_not_allowed(req, allow)
+        .default_service(web::to(move |req: HttpRequest| async move {
+            if exists(&req) {
+                method_not_allowed(req, allow).await
+            } else {
+                not_found().await
+            }
         }))
 }
 

@@ -146,6 +146,36 @@ async fn a_bad_setting_stops_start_up_with_one_line_naming_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_value_is_reported_exactly_as_the_readme_shows() {
+    let store = Isolated::new().await;
+    for (name, value, line) in [
+        (
+            "CONNSTATUS_MAX_INFLIGHT",
+            "lots",
+            r#"configuration error: CONNSTATUS_MAX_INFLIGHT: invalid type: found string "lots", expected usize"#,
+        ),
+        (
+            "CONNSTATUS_MAX_INFLIGHT",
+            "0",
+            "configuration error: CONNSTATUS_MAX_INFLIGHT: must be greater than 0",
+        ),
+        (
+            "CONNSTATUS_JWT_CACHE_SIZE",
+            "lots",
+            r#"configuration error: CONNSTATUS_JWT_CACHE_SIZE: invalid type: found string "lots", expected usize"#,
+        ),
+    ] {
+        let (code, _, stderr) = output(
+            connstatus(&store)
+                .env(name, value)
+                .args(["token", "--user", "1"]),
+        );
+        assert_eq!(code, 2, "{name}={value}: {stderr}");
+        assert_eq!(stderr.trim_end(), line);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_refuses_the_development_secrets() {
     let store = Isolated::new().await;
     let (code, _, stderr) = output(
@@ -166,6 +196,45 @@ async fn production_refuses_the_development_secrets() {
     );
     assert_eq!(code, 2);
     assert!(stderr.contains("CONNSTATUS_JWT_SECRET"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beyond_loopback_or_under_an_unknown_profile_nothing_runs_on_development_secrets() {
+    // `token` binds nothing: the configuration alone decides, and with the
+    // development secret it would mint a token anyone could mint.
+    let store = Isolated::new().await;
+    let own_token = "t".repeat(40);
+    for (env, named) in [
+        (
+            vec![("CONNSTATUS_BIND", "0.0.0.0:8080")],
+            "CONNSTATUS_INTERNAL_TOKEN",
+        ),
+        (
+            vec![
+                ("CONNSTATUS_ADMIN_BIND", "0.0.0.0:9091"),
+                ("CONNSTATUS_INTERNAL_TOKEN", own_token.as_str()),
+            ],
+            "CONNSTATUS_JWT_SECRET",
+        ),
+        (vec![("CONNSTATUS_ENV", "stagin")], "CONNSTATUS_ENV"),
+    ] {
+        let mut command = connstatus(&store);
+        command
+            .envs(env.iter().copied())
+            .args(["token", "--user", "1"]);
+        let (code, stdout, stderr) = output(&mut command);
+        assert_eq!(code, 2, "{env:?}: {stdout}{stderr}");
+        assert_eq!(stdout, "", "{env:?}: no token is minted");
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{env:?}: one line: {stderr}"
+        );
+        assert!(
+            stderr.starts_with(&format!("configuration error: {named}: ")),
+            "{env:?}: {stderr}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

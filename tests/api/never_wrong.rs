@@ -231,7 +231,11 @@ async fn after_redis_stalls_every_entry_agrees_with_mysql_within_two_seconds() {
         // Act: Redis stops answering; a mutation goes through the API and an
         // external write is announced by an event; then Redis resumes.
         redis.pause();
-        let action = if round % 2 == 0 { "request" } else { "cancel_request" };
+        let action = if round % 2 == 0 {
+            "request"
+        } else {
+            "cancel_request"
+        };
         assert_eq!(app.act(1, "2", action).await.status(), 200, "round {round}");
         let state = if round % 2 == 0 { "connected" } else { "none" };
         app.store
@@ -288,9 +292,13 @@ async fn entries_agree(
         };
         let answer = app.status(low, high).await;
         if answer.as_deref() != seen_by_low {
-            return Err(format!("{low} -> {high} answers {answer:?}, MySQL says {seen_by_low:?}"));
+            return Err(format!(
+                "{low} -> {high} answers {answer:?}, MySQL says {seen_by_low:?}"
+            ));
         }
-        let cached = redis.get(&format!("{}p:{low}:{high}", app.store.prefix)).await;
+        let cached = redis
+            .get(&format!("{}p:{low}:{high}", app.store.prefix))
+            .await;
         match cached.as_deref() {
             None => {}
             Some(v) if v == want || v.starts_with('~') => {}

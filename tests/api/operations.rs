@@ -227,3 +227,98 @@ async fn hostile_clients_get_4xx_or_a_closed_connection_never_a_500() {
     // And the service is fine.
     assert_eq!(app.status(1, 2).await, None);
 }
+
+/// What a client that sends its body one byte a second ends up with.
+#[derive(Debug)]
+enum Trickled {
+    /// The server answered (the head of its answer).
+    Answered(String),
+    /// The server closed the connection without an answer.
+    Closed,
+    /// Still open, unanswered, when the client gave up.
+    Open,
+}
+
+/// A batch request whose head is complete (valid token, JSON, 100 bytes
+/// announced) but whose body arrives one byte a second, for at most `for_`.
+async fn trickle(address: String, token: String, for_: Duration) -> Trickled {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /api/v2/user/connection/statuses/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while started.elapsed() < for_ {
+        if stream.write_all(b" ").await.is_err() {
+            return Trickled::Closed;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf)).await {
+            Err(_) => continue,
+            Ok(Ok(0)) | Ok(Err(_)) if answer.is_empty() => return Trickled::Closed,
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+        }
+    }
+    if answer.is_empty() {
+        Trickled::Open
+    } else {
+        Trickled::Answered(String::from_utf8_lossy(&answer).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickling_bodies_are_cut_off_and_free_their_inflight_slots() {
+    // Arrange: four slots, a body deadline of 2 s.
+    let app = spawn_app_with(&[
+        ("max_inflight", json!(4)),
+        ("body_timeout_ms", json!(2_000)),
+    ])
+    .await;
+    app.users(&[1, 2]).await;
+    let address = app.address.trim_start_matches("http://").to_owned();
+
+    // Act: four clients take every slot and trickle their bodies.
+    let started = Instant::now();
+    let tricklers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(trickle(
+                address.clone(),
+                app.token(1),
+                Duration::from_secs(6),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let while_held = app.status_of(1, "2").await.status();
+
+    // Assert: while they hold the slots a plain GET is shed; once the
+    // deadline (plus margin) has passed each got 408 or a closed connection,
+    // and the slots are free again.
+    assert_eq!(while_held, 429, "the four tricklers hold every slot");
+    for trickler in tricklers {
+        let outcome = trickler.await.expect("trickler");
+        match &outcome {
+            Trickled::Answered(head) => assert!(head.starts_with("HTTP/1.1 408"), "{head}"),
+            Trickled::Closed => {}
+            Trickled::Open => panic!("a trickler was still held after {:?}", started.elapsed()),
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(app.status(1, 2).await, None, "the slots are free again");
+}

@@ -80,3 +80,51 @@ async fn health_and_readiness_answer_without_credentials() {
         serde_json::json!({"status": "ready", "mysql": "up", "redis": "up"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_action_is_404_whatever_the_method_and_a_known_one_405_with_allow() {
+    let app = spawn_app().await;
+    app.users(&[1, 2]).await;
+    for method in ["GET", "POST", "PUT", "DELETE"] {
+        for path in [
+            "/api/v2/user/2/connection/frobnicate/",
+            "/api/v2/user/2/connection/frobnicate",
+        ] {
+            let response = app
+                .client
+                .request(
+                    method.parse().expect("method"),
+                    format!("{}{path}", app.address),
+                )
+                .bearer_auth(app.token(1))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status(), 404, "{method} {path}");
+            assert!(response.headers().get("allow").is_none(), "{method} {path}");
+            let body: serde_json::Value = response.json().await.expect("json");
+            assert_eq!(
+                body,
+                serde_json::json!({"detail": "Not found."}),
+                "{method} {path}"
+            );
+        }
+    }
+    let known = app
+        .client
+        .get(format!("{}/api/v2/user/2/connection/request/", app.address))
+        .bearer_auth(app.token(1))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(known.status(), 405);
+    assert_eq!(
+        known.headers().get("allow").map(|v| v.as_bytes()),
+        Some(&b"POST"[..])
+    );
+    let body: serde_json::Value = known.json().await.expect("json");
+    assert_eq!(
+        body,
+        serde_json::json!({"detail": "Method \"GET\" not allowed."})
+    );
+}
