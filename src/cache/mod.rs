@@ -17,7 +17,7 @@ pub mod codec;
 mod read;
 mod write;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -46,6 +46,15 @@ pub fn any_breaker_open() -> bool {
     unix_ms() < ANY_BREAKER_OPEN_UNTIL.load(Ordering::Relaxed)
 }
 
+/// Clears the probe flag when dropped.
+struct Probing<'a>(&'a AtomicBool);
+
+impl Drop for Probing<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Errors of a cache call; the request path only counts them.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -67,8 +76,15 @@ pub struct Cache {
     negative_ttl_seconds: u64,
     lease_ms: u64,
     breaker_ms: u64,
+    /// The most any request-path call may take, reconnection included.
+    timeout: Duration,
     /// Milliseconds since `epoch` until which the breaker is open.
     open_until_ms: AtomicU64,
+    /// Set when a call failed, cleared by the next call that succeeds:
+    /// once the breaker's time is over, one call (the probe) goes first.
+    tripped: AtomicBool,
+    /// A probe is under way: the others keep skipping Redis meanwhile.
+    probing: AtomicBool,
     epoch: Instant,
 }
 
@@ -116,7 +132,10 @@ impl Cache {
             negative_ttl_seconds: settings.negative_ttl_seconds,
             lease_ms: settings.cache_lease_ms,
             breaker_ms: settings.redis_breaker_ms,
+            timeout,
             open_until_ms: AtomicU64::new(0),
+            tripped: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
             epoch: Instant::now(),
         })
     }
@@ -131,8 +150,13 @@ impl Cache {
         self.now_ms() < self.open_until_ms.load(Ordering::Relaxed)
     }
 
-    /// Runs a request-path Redis call under the breaker (the timeouts are
-    /// the connection's); a failure opens the breaker.
+    /// Runs a request-path Redis call under the breaker, bounded by
+    /// `CONNSTATUS_REDIS_TIMEOUT_MS` whatever the connection is doing (a
+    /// blackholed server holds a reconnection far longer than one
+    /// timeout); a failure opens the breaker. When the breaker's time is
+    /// over, one call probes Redis while the others keep skipping it, so
+    /// that a Redis still gone costs one timeout per period, not one per
+    /// request.
     async fn guarded<T>(
         &self,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
@@ -140,15 +164,29 @@ impl Cache {
         if self.breaker_open() {
             return Err(CacheError::Open);
         }
-        // The connection manager's own connection and response timeouts
-        // (CONNSTATUS_REDIS_TIMEOUT_MS) bound the call; a second timer here
-        // would cost every request a timer registration for nothing.
-        let result = call.await.map_err(CacheError::Redis);
-        if result.is_err() {
-            self.open_until_ms
-                .store(self.now_ms() + self.breaker_ms, Ordering::Relaxed);
-            metrics::counter!("connstatus_redis_errors_total").increment(1);
-            ANY_BREAKER_OPEN_UNTIL.fetch_max(unix_ms() + self.breaker_ms, Ordering::Relaxed);
+        let probe = self.tripped.load(Ordering::Acquire);
+        if probe && self.probing.swap(true, Ordering::AcqRel) {
+            return Err(CacheError::Open);
+        }
+        // Ends the probe however this call ends (a caller may drop it).
+        let _probing = probe.then_some(Probing(&self.probing));
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(CacheError::Redis),
+            Err(_) => Err(CacheError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "timed out",
+            )))),
+        };
+        match &result {
+            Ok(_) if probe => self.tripped.store(false, Ordering::Release),
+            Ok(_) => {}
+            Err(_) => {
+                self.tripped.store(true, Ordering::Release);
+                self.open_until_ms
+                    .store(self.now_ms() + self.breaker_ms, Ordering::Relaxed);
+                metrics::counter!("connstatus_redis_errors_total").increment(1);
+                ANY_BREAKER_OPEN_UNTIL.fetch_max(unix_ms() + self.breaker_ms, Ordering::Relaxed);
+            }
         }
         result
     }

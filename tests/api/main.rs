@@ -8,6 +8,7 @@ mod batch;
 mod binary;
 mod cache;
 mod concurrency;
+mod degraded;
 mod events;
 mod faults;
 mod helpers;
