@@ -50,6 +50,13 @@ impl From<Status> for StatusBody {
     }
 }
 
+/// `{"is_connection": true}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IsConnectionBody {
+    /// True exactly when the two users are connected.
+    pub is_connection: bool,
+}
+
 /// `{"users": [1, 7, 9]}`.
 #[derive(Debug, serde::Deserialize, ToSchema)]
 pub struct BatchRequest {

@@ -88,6 +88,11 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         known_action,
     ))
     .service(endpoint(
+        "/api/v2/user/{id}/is_connection/",
+        Method::GET,
+        status::get_is_connection,
+    ))
+    .service(endpoint(
         "/api/v2/openapi.json",
         Method::GET,
         openapi::document,

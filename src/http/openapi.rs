@@ -6,7 +6,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::bodies::{BatchBody, BatchRequest, ConnectionStatus, Detail, Health, StatusBody};
+use super::bodies::{
+    BatchBody, BatchRequest, ConnectionStatus, Detail, Health, IsConnectionBody, StatusBody,
+};
 
 /// The six actions of `POST /api/v2/user/{id}/connection/{action}/` (path
 /// values only; the handler parses them with [`crate::domain::transitions::Action::parse`]).
@@ -57,12 +59,13 @@ impl Modify for BearerAuth {
     info(title = "connstatus", description = "The connection status between the logged-in user and other users."),
     paths(
         super::status::get_status,
+        super::status::get_is_connection,
         super::batch::post_statuses,
         super::mutations::mutate,
         super::health::healthz,
         super::health::readyz,
     ),
-    components(schemas(ConnectionStatus, ActionValue, StatusBody, BatchRequest, BatchBody, Detail, Health)),
+    components(schemas(ConnectionStatus, ActionValue, StatusBody, IsConnectionBody, BatchRequest, BatchBody, Detail, Health)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -1,13 +1,14 @@
-//! `GET /api/v2/user/{id}/connection_status/` (see
-//! `docs/api.md#get-the-connection-status`).
+//! `GET /api/v2/user/{id}/connection_status/` and its family member
+//! `GET /api/v2/user/{id}/is_connection/` (see
+//! `docs/api.md#get-the-connection-status`), from the same cache entries.
 
 use actix_web::{web, HttpResponse};
 
-use super::bodies::{Detail, StatusBody};
+use super::bodies::{Detail, IsConnectionBody, StatusBody};
 use super::caller::Caller;
 use super::errors::ApiError;
 use super::Worker;
-use crate::domain::UserId;
+use crate::domain::{Status, UserId};
 
 /// The caller's connection status with user `{id}`.
 #[utoipa::path(
@@ -33,4 +34,31 @@ pub async fn get_status(
     let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
     let status = worker.statuses.status(caller.0, target).await?;
     Ok(HttpResponse::Ok().json(StatusBody::from(status)))
+}
+
+/// Whether the caller and user `{id}` are connected.
+#[utoipa::path(
+    get,
+    path = "/api/v2/user/{id}/is_connection/",
+    params(("id" = String, Path, description = "The other user: ASCII digits, 1 to 2^63-1", example = "2")),
+    responses(
+        (status = 200, description = "true exactly when the two are connected", body = IsConnectionBody),
+        (status = 401, description = "No or bad credentials", body = Detail),
+        (status = 404, description = "No such user, or a malformed id", body = Detail),
+        (status = 429, description = "Too many requests in flight", body = Detail),
+        (status = 503, description = "MySQL needed and unavailable", body = Detail),
+    )
+)]
+///
+/// As the platform's published client asks it; yourself is `false`.
+pub async fn get_is_connection(
+    caller: Caller,
+    id: web::Path<String>,
+    worker: web::Data<Worker>,
+) -> Result<HttpResponse, ApiError> {
+    let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
+    let status = worker.statuses.status(caller.0, target).await?;
+    Ok(HttpResponse::Ok().json(IsConnectionBody {
+        is_connection: status == Status::Connected,
+    }))
 }

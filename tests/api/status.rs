@@ -126,3 +126,56 @@ async fn malformed_ids_are_not_found() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_connection_is_true_exactly_for_connected_pairs() {
+    // Arrange: user 1 with a pair in each state, and one user with none.
+    let app = spawn_app().await;
+    app.users(&[1, 2, 3, 4, 5, 6, 9]).await;
+    app.store
+        .sql(
+            "INSERT INTO user_connections (user_low, user_high, state, requested_by, rejected_at) VALUES
+             (1, 2, 'none', NULL, NULL), (1, 3, 'pending', 1, NULL),
+             (1, 4, 'pending', 4, NOW(6)), (1, 5, 'connected', NULL, NULL)",
+        )
+        .await;
+    let is_connection = async |viewer: u64, id: &str| {
+        let response = app
+            .get_with_token(
+                &format!("/api/v2/user/{id}/is_connection/"),
+                &app.token(viewer),
+            )
+            .await;
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.expect("json");
+        (status, body)
+    };
+    // Act and assert, twice (a miss, then the same cache entries).
+    for round in ["from MySQL", "from the cache"] {
+        for (viewer, other, want) in [
+            (1, 2, false),
+            (1, 3, false),
+            (4, 1, false),
+            (5, 1, true),
+            (1, 5, true),
+            (1, 9, false),
+            (1, 1, false),
+        ] {
+            assert_eq!(
+                is_connection(viewer, &other.to_string()).await,
+                (200, serde_json::json!({"is_connection": want})),
+                "{viewer} -> {other}, {round}"
+            );
+        }
+    }
+    assert_eq!(
+        app.store.cached("p:1:5").await.as_deref(),
+        Some("1:c"),
+        "the status's own entry"
+    );
+    for bad in ["0", "abc", "7", "9223372036854775808"] {
+        assert_eq!(is_connection(1, bad).await.0, 404, "{bad}");
+    }
+    let anonymous = app.get("/api/v2/user/5/is_connection").await;
+    assert_eq!(anonymous.status(), 401);
+}
