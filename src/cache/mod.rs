@@ -8,10 +8,10 @@
 //! the request path does not touch Redis at all and answers from MySQL: Redis
 //! is a cache, never the truth.
 //!
-//! Writes (see `write.rs`): [`Cache::refresh`] is the one only-if-newer step
-//! every refresh goes through (an atomic script); readers fill only under a
-//! lease they took before reading MySQL ([`Cache::lease`],
-//! [`Cache::fill_leased`]).
+//! Writes (see `write.rs`): misses and refreshes fill only under a lease
+//! they took before reading MySQL ([`Cache::lease`], [`Cache::fill_leased`]);
+//! the warming job writes over older values and leases empty keys
+//! ([`Cache::upgrade_with`]).
 
 pub mod codec;
 mod read;
@@ -29,7 +29,7 @@ use crate::domain::Entry;
 use codec::Keys;
 
 pub use read::Cached;
-pub use write::Lease;
+pub use write::{Lease, Upgrade};
 
 /// Until when (Unix ms) some cache of this process has its breaker open: the
 /// breakers are per worker, the metric is per instance.
@@ -70,7 +70,7 @@ pub enum CacheError {
 pub struct Cache {
     keys: Keys,
     conn: ConnectionManager,
-    refresh_script: Script,
+    upgrade_script: Script,
     fill_script: Script,
     ttl_seconds: u64,
     negative_ttl_seconds: u64,
@@ -126,7 +126,7 @@ impl Cache {
         Ok(Self {
             keys: Keys::new(&settings.redis_prefix),
             conn,
-            refresh_script: Script::new(write::REFRESH_SCRIPT),
+            upgrade_script: Script::new(write::UPGRADE_SCRIPT),
             fill_script: Script::new(write::FILL_SCRIPT),
             ttl_seconds: settings.cache_ttl_seconds,
             negative_ttl_seconds: settings.negative_ttl_seconds,

@@ -1,24 +1,36 @@
-//! Writes. Two rules, each written once:
-//! - a *refresh* lands only where Redis holds an older version (or nothing, or
-//!   a reader's lease): one atomic script, [`Cache::refresh`] on the request
-//!   path's connection, [`Cache::refresh_with`] on a connection of the
-//!   caller's for batch work;
-//! - a *reader's fill* lands only under the reader's own lease: a miss takes a
-//!   lease in the key ([`Cache::lease`]) before it reads MySQL, and the fill
-//!   ([`Cache::fill_leased`]) lands only while that lease is still there. A
-//!   refresh replaces the lease; an eviction or a restart removes it. Either
-//!   way a fill that may be older than the newest write is refused, even when
-//!   the newer entry itself was evicted in between. See
-//!   `docs/consistency.md#leases`.
+//! Writes. A value reaches a key only through a lease, or over an older
+//! value of the same key:
+//! - a *miss* or a *refresh* takes a lease in the key ([`Cache::lease`])
+//!   before it reads MySQL, and its fill ([`Cache::fill_leased`]) lands only
+//!   while that lease is still there. A later lease (a later refresh) takes
+//!   it over; an eviction or a restart removes it. Either way a fill that may
+//!   be older than the newest write is refused, even when the newer entry
+//!   itself was evicted in between;
+//! - the *warming job*, which scans pages before it can know their keys,
+//!   writes over older versions only, and leases the empty keys of a page to
+//!   fill them after a second read ([`Cache::upgrade_with`]).
+//!
+//! See `docs/consistency.md#leases`.
 
 use super::{Cache, CacheError};
 use crate::domain::{Entry, Presence, Subject};
 
-/// The only-if-newer refresh (see `refresh.lua`).
-pub(super) const REFRESH_SCRIPT: &str = include_str!("refresh.lua");
+/// The warming job's write (see `upgrade.lua`).
+pub(super) const UPGRADE_SCRIPT: &str = include_str!("upgrade.lua");
 
 /// The leased fill (see `fill.lua`).
 pub(super) const FILL_SCRIPT: &str = include_str!("fill.lua");
+
+/// What the warming job's write did with one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Written over an older value.
+    Written,
+    /// The key was empty: leased, to be read again and filled.
+    Leased(Lease),
+    /// The key holds the same or newer, or a lease is out.
+    LeftAlone,
+}
 
 /// A lease a reader holds on one key: the key, and the value it wrote there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,52 +47,56 @@ impl Lease {
 }
 
 impl Cache {
-    /// Writes entries, each only if Redis holds nothing as new; returns how
-    /// many were written. One atomic script call for all of them, on the
-    /// request path's connection, under its timeout and breaker.
-    pub async fn refresh(&self, entries: &[Entry]) -> Result<u64, CacheError> {
-        if entries.is_empty() {
-            return Ok(0);
-        }
-        let invocation = self.refresh_invocation(entries);
-        // `invoke_async` loads the script when Redis does not know it (a
-        // restart, SCRIPT FLUSH) and retries.
-        self.guarded(invocation.invoke_async(&mut self.conn.clone()))
-            .await
-    }
-
-    /// [`Cache::refresh`] for many entries on a connection of the caller's
-    /// (batch work uses its own pooled connections and timeouts; no
-    /// breaker): one pipeline of script calls of at most `per_call` entries
-    /// each (a long script would hold Redis, which runs one at a time).
-    /// Returns how many were written.
-    pub async fn refresh_with<C: redis::aio::ConnectionLike>(
+    /// The warming job's write of scanned `entries`, on a connection of the
+    /// caller's (pooled, no breaker): each key with an older value is
+    /// written, each empty key leased (to be read again and filled), the
+    /// rest left alone. One pipeline of script calls of at most `per_call`
+    /// entries each (a long script would hold Redis, which runs one at a
+    /// time).
+    pub async fn upgrade_with<C: redis::aio::ConnectionLike>(
         &self,
         conn: &mut C,
         entries: &[Entry],
         per_call: usize,
-    ) -> redis::RedisResult<u64> {
+    ) -> redis::RedisResult<Vec<Upgrade>> {
         if entries.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
+        let leases: Vec<Lease> = entries
+            .iter()
+            .map(|e| Lease::new(self.keys.of(e.subject())))
+            .collect();
         let mut pipe = redis::pipe();
         // A pipeline does not load a script Redis lacks; loading it first
         // costs Redis one hash per pipeline of thousands of entries.
-        pipe.load_script(&self.refresh_script).ignore();
-        for chunk in entries.chunks(per_call.max(1)) {
-            pipe.invoke_script(&self.refresh_invocation(chunk));
+        pipe.load_script(&self.upgrade_script).ignore();
+        for (chunk, leases) in entries
+            .chunks(per_call.max(1))
+            .zip(leases.chunks(per_call.max(1)))
+        {
+            let mut invocation = self.upgrade_script.prepare_invoke();
+            for (entry, lease) in chunk.iter().zip(leases) {
+                let (key, value) = self.key_value(entry);
+                invocation
+                    .key(key)
+                    .arg(value)
+                    .arg(self.ttl_of(entry))
+                    .arg(&lease.token);
+            }
+            invocation.arg(self.lease_ms);
+            pipe.invoke_script(&invocation);
         }
-        let written: Vec<u64> = pipe.query_async(conn).await?;
-        Ok(written.iter().sum())
-    }
-
-    fn refresh_invocation(&self, entries: &[Entry]) -> redis::ScriptInvocation<'_> {
-        let mut invocation = self.refresh_script.prepare_invoke();
-        for entry in entries {
-            let (key, value) = self.key_value(entry);
-            invocation.key(key).arg(value).arg(self.ttl_of(entry));
-        }
-        invocation
+        let outcomes: Vec<Vec<u8>> = pipe.query_async(conn).await?;
+        Ok(outcomes
+            .into_iter()
+            .flatten()
+            .zip(leases)
+            .map(|(outcome, lease)| match outcome {
+                1 => Upgrade::Written,
+                2 => Upgrade::Leased(lease),
+                _ => Upgrade::LeftAlone,
+            })
+            .collect())
     }
 
     /// A reader's miss takes a lease on each key of `subjects` before it
@@ -121,6 +137,20 @@ impl Cache {
         if fills.is_empty() {
             return Ok(0);
         }
+        self.guarded(self.fill_leased_with(&mut self.conn.clone(), fills))
+            .await
+    }
+
+    /// [`Cache::fill_leased`] on a connection of the caller's (batch work:
+    /// its own pooled connections and timeouts, no breaker).
+    pub async fn fill_leased_with<C: redis::aio::ConnectionLike>(
+        &self,
+        conn: &mut C,
+        fills: &[(Lease, Option<Entry>)],
+    ) -> redis::RedisResult<u64> {
+        if fills.is_empty() {
+            return Ok(0);
+        }
         let mut pipe = redis::pipe();
         // Loaded with the fills: Redis may have restarted since the last
         // (and a miss already costs a MySQL read, next to which this is
@@ -140,9 +170,7 @@ impl Cache {
             }
             pipe.invoke_script(&invocation);
         }
-        let landed: Vec<u64> = self
-            .guarded(pipe.query_async(&mut self.conn.clone()))
-            .await?;
+        let landed: Vec<u64> = pipe.query_async(conn).await?;
         Ok(landed.iter().sum())
     }
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use futures_util::{stream, Stream, StreamExt};
 use serde::Serialize;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Lease, Upgrade};
 use crate::db::scans::{self, After, Page};
 use crate::db::{reads, Db, DbError};
-use crate::domain::{Entry, Pair, UserId};
+use crate::domain::{Entry, Pair, Subject, UserId};
 
 /// What to warm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -190,16 +190,46 @@ impl Warmer {
         })
     }
 
-    /// Writes one chunk as one pipeline (only-if-newer, like every fill) and
-    /// tallies it.
+    /// Writes one chunk and tallies it: over older values at once; into
+    /// empty keys only under leases, after reading those keys again (see
+    /// [`Cache::upgrade_with`]). Redis failures are counted; a MySQL failure
+    /// of the second read counts the leased entries as errors too.
     pub async fn write_chunk(&self, chunk: &[Entry], progress: &Progress) {
         let n = chunk.len() as u64;
         let attempt = async {
             let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
-            self.cache
-                .refresh_with(&mut conn, chunk, self.tuning.per_call)
+            let outcomes = self
+                .cache
+                .upgrade_with(&mut conn, chunk, self.tuning.per_call)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            let written = outcomes.iter().filter(|o| **o == Upgrade::Written).count() as u64;
+            let (leases, subjects): (Vec<Lease>, Vec<Subject>) = outcomes
+                .into_iter()
+                .zip(chunk)
+                .filter_map(|(outcome, entry)| match outcome {
+                    Upgrade::Leased(lease) => Some((lease, entry.subject())),
+                    _ => None,
+                })
+                .unzip();
+            if subjects.is_empty() {
+                return Ok(written);
+            }
+            let again = self
+                .db
+                .query(async |c| reads::entries(c, &subjects).await)
+                .await
+                .map_err(|e| format!("MySQL: {}", e.0))?;
+            let fills: Vec<(Lease, Option<Entry>)> = leases
+                .into_iter()
+                .zip(again.into_iter().map(Some))
+                .collect();
+            let filled = self
+                .cache
+                .fill_leased_with(&mut conn, &fills)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<u64, String>(written + filled)
         };
         match tokio::time::timeout(self.tuning.redis_timeout, attempt).await {
             Ok(Ok(written)) => {

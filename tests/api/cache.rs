@@ -61,11 +61,13 @@ async fn no_relation_and_not_found_are_cached_too() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands() {
+async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_lands() {
+    use connstatus::cache::Upgrade;
     // Arrange: the cache holds version 3 of a pair and version 2 of a user.
     let store = Isolated::new().await;
     let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
     let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
+    let mut redis = store.redis().await;
     let pair = Pair::new(id(1), id(2)).expect("pair");
     let v3 = Versioned {
         version: 3,
@@ -75,15 +77,24 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
         version: 2,
         value: Presence::Active,
     };
-    assert_eq!(
-        cache
-            .refresh(&[Entry::Pair(pair, v3), Entry::User(id(2), user_v2)])
-            .await
-            .expect("fill"),
-        2
-    );
+    let entries = [Entry::Pair(pair, v3), Entry::User(id(2), user_v2)];
+    // Into empty keys the job writes nothing at once: it leases them, reads
+    // them again, and fills under the leases.
+    let outcomes = cache
+        .upgrade_with(&mut redis, &entries, 10)
+        .await
+        .expect("upgrade");
+    let fills: Vec<_> = outcomes
+        .into_iter()
+        .zip(entries)
+        .map(|(outcome, entry)| match outcome {
+            Upgrade::Leased(lease) => (lease, Some(entry)),
+            other => panic!("an empty key was {other:?}"),
+        })
+        .collect();
+    assert_eq!(cache.fill_leased(&fills).await.expect("fill"), 2);
 
-    // Act: a slow reader's fills arrive late, carrying older versions.
+    // Act: writes arrive late, carrying older versions.
     let stale_pair = Versioned {
         version: 2,
         value: Relation::None,
@@ -92,24 +103,29 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
         version: 0,
         value: Presence::Gone,
     };
-    let written = cache
-        .refresh(&[
-            Entry::Pair(pair, stale_pair),
-            Entry::User(id(2), stale_user),
-        ])
+    let stale = [
+        Entry::Pair(pair, stale_pair),
+        Entry::User(id(2), stale_user),
+    ];
+    let outcomes = cache
+        .upgrade_with(&mut redis, &stale, 10)
         .await
-        .expect("fill");
+        .expect("upgrade");
 
     // Assert: refused; the cache still holds the newer state.
-    assert_eq!(written, 0);
+    assert_eq!(outcomes, [Upgrade::LeftAlone, Upgrade::LeftAlone]);
     let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
     assert_eq!(held.pair, Some(v3));
     assert_eq!(held.user, Some(user_v2));
 
     // The same version again changes nothing; a newer one lands.
+    let same = [Entry::Pair(pair, v3)];
     assert_eq!(
-        cache.refresh(&[Entry::Pair(pair, v3)]).await.expect("fill"),
-        0
+        cache
+            .upgrade_with(&mut redis, &same, 10)
+            .await
+            .expect("upgrade"),
+        [Upgrade::LeftAlone]
     );
     let v4 = Versioned {
         version: 4,
@@ -118,9 +134,13 @@ async fn a_fill_older_than_the_cached_version_is_refused_and_a_newer_one_lands()
             rejected: false,
         },
     };
+    let newer = [Entry::Pair(pair, v4)];
     assert_eq!(
-        cache.refresh(&[Entry::Pair(pair, v4)]).await.expect("fill"),
-        1
+        cache
+            .upgrade_with(&mut redis, &newer, 10)
+            .await
+            .expect("upgrade"),
+        [Upgrade::Written]
     );
     assert_eq!(
         cache.lookup(id(2), Some(pair)).await.expect("lookup").pair,
@@ -168,13 +188,17 @@ async fn a_readers_fill_lands_only_under_its_own_lease() {
         version: 5,
         value: Presence::Active,
     };
-    assert_eq!(
-        cache
-            .refresh(&[Entry::User(id(2), newer)])
-            .await
-            .expect("refresh"),
-        1
-    );
+    let refresh = cache
+        .lease(&[user], true)
+        .await
+        .expect("lease")
+        .pop()
+        .flatten();
+    let refresh = [(
+        refresh.expect("a refresh always leases"),
+        Some(Entry::User(id(2), newer)),
+    )];
+    assert_eq!(cache.fill_leased(&refresh).await.expect("refresh"), 1);
     let stale = Versioned {
         version: 4,
         value: Presence::Gone,

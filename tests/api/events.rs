@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use connstatus::cache::Cache;
 use connstatus::db::reads;
-use connstatus::domain::{Entry, Pair, UserId};
+use connstatus::domain::{Entry, Pair, Subject, UserId};
 use serde_json::{json, Value};
 
 use crate::helpers::{redis_url, spawn_app, spawn_app_with, Isolated, PrivateRedis};
@@ -260,6 +260,15 @@ async fn a_fill_that_read_before_a_committed_write_arrives_late_and_is_refused()
         .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 1)")
         .await;
     let pair = Pair::new(id(1), id(2)).expect("pair");
+    let client = redis::Client::open(redis_url()).expect("url");
+    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
+    let lease = cache
+        .lease(&[Subject::Pair(pair)], false)
+        .await
+        .expect("lease")
+        .pop()
+        .flatten()
+        .expect("the key was empty");
     let mut conn = app.store.connection().await;
     let slow_read = reads::snapshot(&mut conn, id(2), Some(pair))
         .await
@@ -269,11 +278,9 @@ async fn a_fill_that_read_before_a_committed_write_arrives_late_and_is_refused()
     // Act: a writer commits version 2 (accepted) and refreshes; then the slow
     // reader's fill of version 1 arrives.
     assert_eq!(app.act(2, "1", "accept").await.status(), 200);
-    let client = redis::Client::open(redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
     let relation = slow_read.pair.expect("pair read");
     let written = cache
-        .refresh(&[Entry::Pair(pair, relation)])
+        .fill_leased(&[(lease, Some(Entry::Pair(pair, relation)))])
         .await
         .expect("fill");
 

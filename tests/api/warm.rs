@@ -113,6 +113,17 @@ async fn warm_all_and_users_file_cover_every_pair() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pair_changed_after_the_scan_is_not_overwritten_by_the_warm() {
+    scanned_then_changed(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_changed_after_the_scan_is_not_overwritten_even_once_its_entry_was_evicted() {
+    scanned_then_changed(true).await;
+}
+
+/// The warm job scans user 1's pairs; then (1, 3) changes, and its new entry
+/// is evicted when `evict`; then the job writes what it scanned.
+async fn scanned_then_changed(evict: bool) {
     // Arrange: the warm job's scan has read user 1's pairs (version 1)...
     let app = spawn_app().await;
     arrange(&app.store).await;
@@ -123,6 +134,12 @@ async fn a_pair_changed_after_the_scan_is_not_overwritten_by_the_warm() {
 
     // ...then a mutation commits version 2 of (1, 3) and refreshes.
     assert_eq!(app.act(1, "3", "accept").await.status(), 200);
+    if evict {
+        let mut redis = app.store.redis().await;
+        let _: () = redis::AsyncCommands::del(&mut redis, format!("{}p:1:3", app.store.prefix))
+            .await
+            .expect("DEL");
+    }
 
     // Act: the job writes what it scanned.
     let client = redis::Client::open(redis_url()).expect("url");
@@ -150,7 +167,9 @@ async fn a_pair_changed_after_the_scan_is_not_overwritten_by_the_warm() {
     // Assert: the newer entry stands; the others were written.
     assert_eq!(app.store.cached("p:1:3").await.as_deref(), Some("2:c"));
     assert_eq!(app.status(3, 1).await.as_deref(), Some("connected"));
-    assert_eq!(connstatus::service::warm::count(&progress.skipped), 1);
+    if !evict {
+        assert_eq!(connstatus::service::warm::count(&progress.skipped), 1);
+    }
     assert_eq!(connstatus::service::warm::count(&progress.errors), 0);
 }
 
