@@ -1,4 +1,4 @@
-//! Bearer JWT verification, in process, with `biscuit` (CONTRACT section 4).
+//! Bearer JWT verification, in process, with `biscuit` (see `docs/api.md#authentication`).
 //!
 //! One algorithm is configured and only that one is accepted: biscuit checks
 //! the signature with the configured algorithm and key and then insists that
@@ -24,7 +24,7 @@ use serde_json::{Map, Number, Value};
 use crate::config::JwtSettings;
 use crate::domain::UserId;
 
-/// Why a request is not authenticated. The two map to the contract's two
+/// Why a request is not authenticated. The two map to the API's two
 /// bodies; the reason a token was refused is deliberately not kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {

@@ -117,32 +117,19 @@ pub fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(settings).await,
-        Command::Migrate => {
-            let applied = db::migrate(&settings.database_url)
-                .await
-                .map_err(anyhow::Error::msg)?;
-            println!("migrations applied: {}", applied.len());
-            for version in applied {
-                println!("  {version}");
-            }
-            Ok(())
-        }
+        Command::Migrate => migrate(&settings).await,
         Command::Seed {
             users,
             connections,
             seed,
             reset,
         } => {
-            seed_graph(
-                &settings,
-                seed::Spec {
-                    users,
-                    connections,
-                    seed,
-                },
-                reset,
-            )
-            .await
+            let spec = seed::Spec {
+                users,
+                connections,
+                seed,
+            };
+            seed_graph(&settings, spec, reset).await
         }
         Command::Warm {
             all,
@@ -152,15 +139,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             chunk,
             concurrency,
         } => {
-            let scope = if all {
-                warm::Scope::All
-            } else {
-                let mut users = users;
-                if let Some(path) = users_file {
-                    users.extend(read_users_file(&path)?);
-                }
-                warm::Scope::Users { users, with }
-            };
+            let scope = warm_scope(all, users_file.as_deref(), users, with)?;
             let tuning = warm::Tuning {
                 chunk: chunk as usize,
                 concurrency: concurrency as usize,
@@ -168,24 +147,57 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             };
             warm_cache(&settings, scope, tuning).await
         }
-        Command::Token { user, ttl } => {
-            let secret = match (&settings.jwt.jwt_algorithm[..], &settings.jwt.jwt_secret) {
-                ("HS256", Some(secret)) => secret.expose_secret().as_bytes().to_vec(),
-                _ => anyhow::bail!("`token` mints HS256 tokens: set CONNSTATUS_JWT_ALGORITHM=HS256 and CONNSTATUS_JWT_SECRET"),
-            };
-            let token = auth::mint_hs256(
-                &secret,
-                &settings.jwt.jwt_user_claim,
-                user,
-                ttl,
-                settings.jwt.jwt_issuer.as_deref(),
-                settings.jwt.jwt_audience.as_deref(),
-            )
-            .map_err(anyhow::Error::msg)?;
-            println!("{token}");
-            Ok(())
-        }
+        Command::Token { user, ttl } => token(&settings, user, ttl),
     }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    let applied = db::migrate(&settings.database_url)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    println!("migrations applied: {}", applied.len());
+    for version in applied {
+        println!("  {version}");
+    }
+    Ok(())
+}
+
+/// What `warm` is asked to warm: everything, or the users named on the
+/// command line and in a file.
+fn warm_scope(
+    all: bool,
+    users_file: Option<&std::path::Path>,
+    mut users: Vec<UserId>,
+    with: Vec<UserId>,
+) -> anyhow::Result<warm::Scope> {
+    if all {
+        return Ok(warm::Scope::All);
+    }
+    if let Some(path) = users_file {
+        users.extend(read_users_file(path)?);
+    }
+    Ok(warm::Scope::Users { users, with })
+}
+
+/// Prints a development HS256 token for `user`.
+fn token(settings: &Settings, user: UserId, ttl: Duration) -> anyhow::Result<()> {
+    let secret = match (&settings.jwt.jwt_algorithm[..], &settings.jwt.jwt_secret) {
+        ("HS256", Some(secret)) => secret.expose_secret().as_bytes().to_vec(),
+        _ => anyhow::bail!(
+            "`token` mints HS256 tokens: set CONNSTATUS_JWT_ALGORITHM=HS256 and CONNSTATUS_JWT_SECRET"
+        ),
+    };
+    let token = auth::mint_hs256(
+        &secret,
+        &settings.jwt.jwt_user_claim,
+        user,
+        ttl,
+        settings.jwt.jwt_issuer.as_deref(),
+        settings.jwt.jwt_audience.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    println!("{token}");
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

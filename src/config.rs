@@ -1,4 +1,4 @@
-//! Typed, layered configuration (CONTRACT section 8).
+//! Typed, layered configuration (see `docs/operations.md#configuration`).
 //!
 //! Layers, later wins: the shipped defaults (compiled in),
 //! `config/default.toml`, `config/<CONNSTATUS_ENV>.toml` (the folder is
@@ -118,7 +118,7 @@ pub struct Settings {
     pub refresh_retry_ms: NonZeroU64,
 }
 
-/// JWT verification (CONTRACT section 4).
+/// JWT verification (see `docs/api.md#authentication`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct JwtSettings {
     /// `CONNSTATUS_JWT_ALGORITHM`: HS256, RS256 or ES256.
@@ -354,7 +354,7 @@ fn describe(error: figment::Error) -> String {
     one_line(&format!("{}{source}: {}", env_name(&key), error.kind))
 }
 
-/// Figment's messages can span lines; the contract wants one.
+/// Figment's messages can span lines; the operator wants one.
 fn one_line(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }

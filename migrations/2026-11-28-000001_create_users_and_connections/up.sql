@@ -1,4 +1,4 @@
--- The shared schema of CONTRACT section 5a. Other systems write these tables
+-- The shared schema (docs/consistency.md#the-shared-schema). Other systems write these tables
 -- too, so the rules every writer follows are enforced here, not in the
 -- service: ordered pairs, existing users, requested_by only while pending,
 -- rows never deleted, and a version that rises on every change whoever makes it.
@@ -7,7 +7,7 @@ CREATE TABLE users (
   id         BIGINT UNSIGNED NOT NULL PRIMARY KEY,
   created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
   deleted_at DATETIME(6) NULL,
-  -- Added column (the contract allows additions): orders the cache's copies
+  -- Added column (the shared schema allows additions): orders the cache's copies
   -- of a user's existence the way user_connections.version orders a pair's.
   version    BIGINT UNSIGNED NOT NULL DEFAULT 1,
   CONSTRAINT users_id_in_range CHECK (id BETWEEN 1 AND 9223372036854775807),

@@ -1,4 +1,4 @@
-//! Diesel's view of the shared schema (CONTRACT section 5a, plus
+//! Diesel's view of the shared schema (`docs/consistency.md#the-shared-schema`, plus
 //! `users.version`). Kept by hand: the `state` ENUM maps to our own SQL type.
 
 diesel::table! {

@@ -17,7 +17,7 @@ pub use entry::{Entry, Presence, Subject, Versioned};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UserId(u64);
 
-/// The largest id the contract accepts (`2^63 - 1`).
+/// The largest id the API accepts (`2^63 - 1`).
 const MAX_ID: u64 = i64::MAX as u64;
 
 impl UserId {

@@ -168,7 +168,7 @@ mod tests {
         Seen::Connected,
     ];
 
-    /// Expected result per the contract: `Ok(Some(state))` change,
+    /// Expected result per the documented table: `Ok(Some(state))` change,
     /// `Ok(None)` no-op, `Err(())` conflict.
     fn expected(action: Action, seen: Seen) -> Result<Option<Seen>, ()> {
         use Seen::*;
@@ -230,7 +230,7 @@ mod tests {
     proptest::proptest! {
         /// Whatever happened before, an action repeated at once is a no-op
         /// or refused again, never a second change (so a gateway's retry is
-        /// safe), and no sequence of actions reaches a relation the contract
+        /// safe), and no sequence of actions reaches a relation the documentation
         /// does not have.
         #[test]
         fn retries_are_harmless_and_every_reachable_state_is_valid(

@@ -31,9 +31,15 @@ pub async fn get_status(
     id: web::Path<String>,
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
-    let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
-    let status = worker.statuses.status(caller.0, target).await?;
+    let status = status_of(caller, &id, &worker).await?;
     Ok(HttpResponse::Ok().json(StatusBody::from(status)))
+}
+
+/// The caller's status with the user a path's `{id}` names ("not found" for
+/// an id that is not `1..=2^63-1` in ASCII digits).
+async fn status_of(caller: Caller, id: &str, worker: &Worker) -> Result<Status, ApiError> {
+    let target = UserId::parse(id).ok_or(ApiError::NotFound)?;
+    Ok(worker.statuses.status(caller.0, target).await?)
 }
 
 /// Whether the caller and user `{id}` are connected.
@@ -56,8 +62,7 @@ pub async fn get_is_connection(
     id: web::Path<String>,
     worker: web::Data<Worker>,
 ) -> Result<HttpResponse, ApiError> {
-    let target = UserId::parse(&id).ok_or(ApiError::NotFound)?;
-    let status = worker.statuses.status(caller.0, target).await?;
+    let status = status_of(caller, &id, &worker).await?;
     Ok(HttpResponse::Ok().json(IsConnectionBody {
         is_connection: status == Status::Connected,
     }))

@@ -1,4 +1,4 @@
-//! CONTRACT section 4: bearer JWTs, one configured algorithm, exact 401s.
+//! Bearer JWTs, one configured algorithm, exact 401s (`docs/api.md#authentication`).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;

@@ -1,4 +1,4 @@
-//! CONTRACT section 2.2: statuses for many users at once.
+//! Statuses for many users at once (`docs/api.md#statuses-for-many-users-at-once`).
 
 use serde_json::{json, Map, Value};
 

@@ -1,4 +1,4 @@
-//! The real `connstatus` binary, configured only through the contract's
+//! The real `connstatus` binary, configured only through the documented
 //! environment variable names.
 
 use std::io::{BufRead, BufReader};

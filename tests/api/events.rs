@@ -1,4 +1,4 @@
-//! CONTRACT section 5: external writers, the events endpoint, the hooks, and
+//! External writers (`docs/api.md#events`), the events endpoint, the hooks, and
 //! the guarantee that a late fill never wins.
 
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! CONTRACT section 6, degraded modes: the test's own Redis and MariaDB are
+//! Degraded modes (`docs/operations.md#degraded-modes`): the test's own Redis and MariaDB are
 //! killed and restarted under traffic (never the shared ones).
 
 use std::time::{Duration, Instant};

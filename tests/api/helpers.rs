@@ -223,7 +223,7 @@ impl TestApp {
     }
 
     /// The status string (or `None` for null) `viewer` sees of `other`;
-    /// panics on anything but a 200 with the contract's body.
+    /// panics on anything but a 200 with the documented body.
     pub async fn status(&self, viewer: u64, other: u64) -> Option<String> {
         let response = self.status_of(viewer, &other.to_string()).await;
         assert_eq!(response.status(), 200, "GET {other} as {viewer}");

@@ -1,4 +1,4 @@
-//! CONTRACT section 2.3: the six actions, every state, both sides — the
+//! The six actions (`docs/api.md#mutations`), every state, both sides — the
 //! answer, what each user then reads, and the row in MySQL.
 
 use serde_json::{json, Value};
@@ -34,7 +34,7 @@ const ACTIONS: [&str; 6] = [
     "remove",
 ];
 
-/// What the contract's table says: `Some(next)` for a change, `None` for a
+/// What the transition table (docs/api.md#transitions) says: `Some(next)` for a change, `None` for a
 /// no-op, `Err(())` for a conflict.
 fn contract(action: &str, seen: Seen) -> Result<Option<Seen>, ()> {
     use Seen::*;

@@ -1,4 +1,4 @@
-//! CONTRACT section 5a: the database enforces the rules for every writer.
+//! The database enforces the rules for every writer (`docs/consistency.md#rules-every-writer-follows`).
 
 use connstatus::db;
 use diesel_async::SimpleAsyncConnection;

@@ -1,4 +1,4 @@
-//! CONTRACT section 1 and 2.1: every relation reads right from both sides.
+//! Every relation reads right from both sides (`docs/api.md#status-semantics`).
 
 use crate::helpers::spawn_app;
 
