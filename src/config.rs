@@ -82,6 +82,10 @@ pub struct Settings {
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
     /// retried (and how old one must be to be retried).
     pub refresh_retry_ms: u64,
+    /// `CONNSTATUS_REPLAY_WINDOW_SECONDS`: how long landed cache refreshes
+    /// are kept, to be replayed when Redis turns out to be a different
+    /// server (a failover, a restart) that may have lost them.
+    pub replay_window_seconds: u64,
 }
 
 /// JWT verification (CONTRACT section 4).

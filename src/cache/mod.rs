@@ -13,6 +13,7 @@
 //! are still empty ([`Cache::fill_missing`]).
 
 pub mod codec;
+mod identity;
 mod read;
 mod write;
 
@@ -27,6 +28,7 @@ use crate::config::CacheSettings;
 use crate::domain::Entry;
 use codec::Keys;
 
+pub use identity::ServerIdentity;
 pub use read::Cached;
 
 /// Until when (Unix ms) some cache of this process has its breaker open: the

@@ -1,14 +1,15 @@
 //! The refresh queue (a transactional outbox): the durable list of cache
-//! refreshes that have not landed yet. A mutation writes its row in the same
-//! transaction as the change; the refresh after the commit deletes it once
-//! Redis holds that version; every instance retries what is overdue. See
-//! `docs/consistency.md#the-refresh-queue`.
+//! refreshes. A mutation writes its row in the same transaction as the
+//! change; the refresh after the commit marks it landed once Redis holds that
+//! version; every instance retries what is overdue. Landed rows are kept for
+//! the replay window, so that the refreshes a Redis lost (a failover, a
+//! restart from an older snapshot) can be re-armed and replayed, then purged.
+//! See `docs/consistency.md#the-refresh-queue`.
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, TinyInt, Unsigned};
 use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
 
-use super::schema::cache_refresh_queue;
 use crate::domain::{Pair, Subject, UserId};
 
 /// The queue's columns of a subject: kind, a, b.
@@ -20,7 +21,7 @@ fn columns(subject: Subject) -> (u8, u64, u64) {
 }
 
 /// Records that the cache must reach `version` for `subject` (keeps the
-/// highest version asked for).
+/// highest version asked for); a landed row is pending again.
 pub async fn enqueue(
     conn: &mut AsyncMysqlConnection,
     subject: Subject,
@@ -30,7 +31,7 @@ pub async fn enqueue(
     diesel::sql_query(
         "INSERT INTO cache_refresh_queue (kind, a, b, version) VALUES (?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version)), \
-         enqueued_at = CURRENT_TIMESTAMP(6)",
+         enqueued_at = CURRENT_TIMESTAMP(6), landed_at = NULL",
     )
     .bind::<Unsigned<TinyInt>, _>(kind)
     .bind::<Unsigned<BigInt>, _>(a)
@@ -41,27 +42,59 @@ pub async fn enqueue(
     .map(|_| ())
 }
 
-/// Removes `subject` from the queue if the cache now holds `version` or newer
-/// (a higher version queued meanwhile stays).
+/// Marks `subject` landed if the cache now holds `version` or newer (a
+/// higher version queued meanwhile stays pending). The row is kept for the
+/// replay window ([`purge_landed`] removes it afterwards).
 pub async fn dequeue(
     conn: &mut AsyncMysqlConnection,
     subject: Subject,
     version: u64,
 ) -> QueryResult<()> {
     let (kind, a, b) = columns(subject);
-    diesel::delete(
-        cache_refresh_queue::table
-            .filter(cache_refresh_queue::kind.eq(kind))
-            .filter(cache_refresh_queue::a.eq(a))
-            .filter(cache_refresh_queue::b.eq(b))
-            .filter(cache_refresh_queue::version.le(version)),
+    diesel::sql_query(
+        "UPDATE cache_refresh_queue SET landed_at = NOW(6) \
+         WHERE kind = ? AND a = ? AND b = ? AND version <= ? AND landed_at IS NULL",
     )
+    .bind::<Unsigned<TinyInt>, _>(kind)
+    .bind::<Unsigned<BigInt>, _>(a)
+    .bind::<Unsigned<BigInt>, _>(b)
+    .bind::<Unsigned<BigInt>, _>(version)
     .execute(conn)
     .await
     .map(|_| ())
 }
 
-/// Queue entries older than `min_age_ms` (fresher ones are still being
+/// Deletes at most `limit` rows that landed more than `window_us`
+/// microseconds ago; returns how many.
+pub async fn purge_landed(
+    conn: &mut AsyncMysqlConnection,
+    window_us: u64,
+    limit: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM cache_refresh_queue \
+         WHERE landed_at < NOW(6) - INTERVAL ? MICROSECOND LIMIT ?",
+    )
+    .bind::<Unsigned<BigInt>, _>(window_us)
+    .bind::<BigInt, _>(limit)
+    .execute(conn)
+    .await
+}
+
+/// Makes every row that landed within the last `window_us` microseconds
+/// pending again (the Redis that took those writes may have lost them);
+/// returns how many.
+pub async fn rearm(conn: &mut AsyncMysqlConnection, window_us: u64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE cache_refresh_queue SET landed_at = NULL \
+         WHERE landed_at >= NOW(6) - INTERVAL ? MICROSECOND",
+    )
+    .bind::<Unsigned<BigInt>, _>(window_us)
+    .execute(conn)
+    .await
+}
+
+/// Pending entries older than `min_age_ms` (fresher ones are still being
 /// refreshed by the request that made them), oldest first.
 pub async fn overdue(
     conn: &mut AsyncMysqlConnection,
@@ -79,7 +112,8 @@ pub async fn overdue(
     }
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT kind, a, b FROM cache_refresh_queue \
-         WHERE enqueued_at < NOW(6) - INTERVAL ? MICROSECOND ORDER BY enqueued_at LIMIT ?",
+         WHERE landed_at IS NULL AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND \
+         ORDER BY enqueued_at LIMIT ?",
     )
     .bind::<Unsigned<BigInt>, _>(min_age_ms.saturating_mul(1000))
     .bind::<BigInt, _>(limit)

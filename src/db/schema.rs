@@ -32,12 +32,14 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(users, user_connections, cache_refresh_queue);
 
 diesel::table! {
-    /// Cache refreshes that have not landed yet (see the migration).
+    /// Cache refreshes: pending, or landed within the replay window (see the
+    /// migrations).
     cache_refresh_queue (kind, a, b) {
         kind -> Unsigned<TinyInt>,
         a -> Unsigned<BigInt>,
         b -> Unsigned<BigInt>,
         version -> Unsigned<BigInt>,
         enqueued_at -> Datetime,
+        landed_at -> Nullable<Datetime>,
     }
 }

@@ -13,7 +13,10 @@
 //! `cache_refresh_queue` and retried by every running instance
 //! ([`Hooks::sweep`]) until it lands: once Redis answers again, a change is
 //! in the cache within the retry interval, even if the instance that made it
-//! has died.
+//! has died. Landed refreshes stay recorded for the replay window: when the
+//! sweeper finds a different Redis server behind the URL (a failover, a
+//! restart from an older snapshot: [`Hooks::watch_server`]), it replays them,
+//! since the writes that server acknowledged may be gone.
 //!
 //! # Example
 //!
@@ -42,9 +45,9 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
+use crate::cache::{Cache, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
 use crate::domain::{Entry, Pair, Subject, UserId};
@@ -201,7 +204,7 @@ impl Hooks {
 
     /// Records the outcome of writing `entries` in the metrics and the
     /// queue: queued on a Redis failure; on success, their queue rows up to
-    /// those versions are done (when `dequeue`).
+    /// those versions are marked landed (when `dequeue`).
     async fn settle(
         &self,
         entries: &[Entry],
@@ -270,13 +273,130 @@ impl Hooks {
     }
 }
 
-/// Runs [`Hooks::sweep`] every `every` until the process ends: the retry
-/// loop behind the refresh queue. Errors are logged and retried next round.
-pub async fn sweep_forever(hooks: Hooks, every: Duration) {
+/// What the sweeper remembers of the Redis server between rounds.
+#[derive(Debug, Default)]
+pub struct ServerWatch {
+    /// The identity last seen (the first one seen is the baseline).
+    seen: Option<ServerIdentity>,
+    /// A replay still to do after a change.
+    replay: Option<Replay>,
+}
+
+/// A replay after the server changed: a first pass re-arms the window; a
+/// second pass, once a refresh that was already under way can no longer be
+/// acknowledged (the MySQL timeout), re-arms what was marked landed since:
+/// a write that reached the old server just before the change may be
+/// marked landed only after the first pass.
+#[derive(Debug)]
+struct Replay {
+    /// When the change was seen.
+    seen_at: Instant,
+    /// When the first pass re-armed the window, once it has.
+    first_pass: Option<Instant>,
+}
+
+/// Microseconds of `d`, for SQL intervals.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Hooks {
+    /// Looks at which Redis server the cache reaches; when it is another one
+    /// than last time (or another replication history), re-arms every
+    /// refresh that landed within `window` (they may be lost) so the sweep
+    /// replays them. The first identity seen is not a change. Returns how
+    /// many rows were re-armed; an error leaves the replay for next round.
+    pub async fn watch_server(
+        &self,
+        watch: &mut ServerWatch,
+        window: Duration,
+    ) -> Result<u64, HookError> {
+        match self.cache.identity().await {
+            Ok(Some(now)) => match &watch.seen {
+                None => watch.seen = Some(now),
+                Some(seen) if *seen == now => {}
+                Some(seen) => {
+                    tracing::warn!(
+                        before = %seen.run_id,
+                        now = %now.run_id,
+                        "redis is another server or history now: replaying the refreshes of the last {}s",
+                        window.as_secs()
+                    );
+                    watch.seen = Some(now);
+                    // A change during a replay: the earlier start covers both.
+                    let seen_at = watch
+                        .replay
+                        .as_ref()
+                        .map_or_else(Instant::now, |r| r.seen_at);
+                    watch.replay = Some(Replay {
+                        seen_at,
+                        first_pass: None,
+                    });
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "redis identity unknown this round"),
+        }
+        let Some(replay) = &mut watch.replay else {
+            return Ok(0);
+        };
+        match replay.first_pass {
+            None => {
+                // The window counts back from the change, however late MySQL
+                // answers.
+                let back = micros(window + replay.seen_at.elapsed());
+                let n = self
+                    .db
+                    .query(async |conn| outbox::rearm(conn, back).await)
+                    .await?;
+                tracing::info!(rearmed = n, "landed refreshes re-armed for replay");
+                replay.first_pass = Some(Instant::now());
+                Ok(n as u64)
+            }
+            Some(first) if first.elapsed() >= self.db.timeout() => {
+                let back = micros(first.elapsed() + Duration::from_secs(1));
+                let n = self
+                    .db
+                    .query(async |conn| outbox::rearm(conn, back).await)
+                    .await?;
+                watch.replay = None;
+                Ok(n as u64)
+            }
+            Some(_) => Ok(0),
+        }
+    }
+
+    /// Deletes landed refreshes older than `window` (they are no longer
+    /// replayed); returns how many.
+    pub async fn purge_landed(&self, window: Duration) -> Result<u64, HookError> {
+        let back = micros(window);
+        let n = self
+            .db
+            .query(async |conn| outbox::purge_landed(conn, back, PURGE_LIMIT).await)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+/// Landed rows deleted per round at most (more wait for the next round).
+const PURGE_LIMIT: i64 = 10_000;
+
+/// Runs the sweeper every `every` until the process ends: watches the Redis
+/// server ([`Hooks::watch_server`], replaying `replay_window` after a
+/// change), purges landed refreshes older than the window, and retries what
+/// is overdue ([`Hooks::sweep`]). Errors are logged and retried next round.
+pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = ServerWatch::default();
     loop {
         ticker.tick().await;
+        if let Err(e) = hooks.watch_server(&mut watch, replay_window).await {
+            tracing::warn!(error = %e, "replay after a redis change postponed");
+        }
+        if let Err(e) = hooks.purge_landed(replay_window).await {
+            tracing::debug!(error = %e, "purge of landed refreshes skipped");
+        }
         match hooks.sweep(every, 1000).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(landed = n, "queued cache refreshes landed"),

@@ -9,6 +9,7 @@ mod binary;
 mod cache;
 mod concurrency;
 mod events;
+mod failover;
 mod faults;
 mod helpers;
 mod mutations;
