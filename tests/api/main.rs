@@ -14,6 +14,7 @@ mod faults;
 mod helpers;
 mod mutations;
 mod operations;
+mod outbox;
 mod routes;
 mod schema;
 mod status;
