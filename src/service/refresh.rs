@@ -47,10 +47,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cache::{Cache, ServerIdentity};
+use crate::cache::{Cache, CacheError, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
-use crate::domain::{Entry, Pair, Subject, UserId};
+use crate::domain::{Entry, Pair, Presence, Subject, UserId, Versioned};
 use crate::meters;
 
 /// What a hook did.
@@ -156,50 +156,50 @@ impl Hooks {
     /// success its queue entry (if any) up to that version is done, on a
     /// Redis failure it is queued. Every refresh ends here.
     pub async fn refresh(&self, subject: Subject) -> Result<Refreshed, HookError> {
-        let entry = match subject {
+        let (entry, outcome) = self.read_and_write(subject).await?;
+        let mut done = self.settle(&[entry], outcome, true).await?;
+        done.read = 1;
+        Ok(done)
+    }
+
+    /// Re-reads `subject` from MySQL and writes it to Redis only if newer
+    /// (a user whose row is gone: "no such user" whatever the key holds);
+    /// returns the entry and what Redis answered. Nothing is queued here.
+    async fn read_and_write(
+        &self,
+        subject: Subject,
+    ) -> Result<(Entry, Result<u64, CacheError>), HookError> {
+        Ok(match subject {
             Subject::Pair(pair) => {
                 let v = self
                     .db
                     .query(async |conn| reads::pair(conn, pair).await)
                     .await?;
-                Some(Entry::Pair(pair, v))
+                let entry = Entry::Pair(pair, v);
+                (entry, self.cache.refresh(&[entry]).await)
             }
-            Subject::User(user) => self
+            Subject::User(user) => match self
                 .db
                 .query(async |conn| reads::user(conn, user).await)
                 .await?
-                .map(|v| Entry::User(user, v)),
-        };
-        let mut done = match entry {
-            Some(entry) => self.write(&[entry]).await?,
-            // A hard-deleted user row: its version went with it.
-            None => self.write_gone(subject).await?,
-        };
-        done.read = 1;
-        Ok(done)
-    }
-
-    /// Writes entries only if newer; on success their queue rows up to
-    /// those versions are done, on a Redis failure they are queued.
-    async fn write(&self, entries: &[Entry]) -> Result<Refreshed, HookError> {
-        self.settle(entries, self.cache.refresh(entries).await, true)
-            .await
-    }
-
-    /// "No such user" for a user whose row is gone.
-    async fn write_gone(&self, subject: Subject) -> Result<Refreshed, HookError> {
-        let Subject::User(user) = subject else {
-            return Ok(Refreshed::default());
-        };
-        let outcome = self.cache.mark_user_gone(user).await;
-        let gone = Entry::User(
-            user,
-            crate::domain::Versioned {
-                version: 0,
-                value: crate::domain::Presence::Gone,
+            {
+                Some(v) => {
+                    let entry = Entry::User(user, v);
+                    (entry, self.cache.refresh(&[entry]).await)
+                }
+                // A hard-deleted user row: its version went with it.
+                None => {
+                    let gone = Versioned {
+                        version: 0,
+                        value: Presence::Gone,
+                    };
+                    (
+                        Entry::User(user, gone),
+                        self.cache.mark_user_gone(user).await,
+                    )
+                }
             },
-        );
-        self.settle(&[gone], outcome, true).await
+        })
     }
 
     /// Records the outcome of writing `entries` in the metrics and the
@@ -208,7 +208,7 @@ impl Hooks {
     async fn settle(
         &self,
         entries: &[Entry],
-        outcome: Result<u64, crate::cache::CacheError>,
+        outcome: Result<u64, CacheError>,
         dequeue: bool,
     ) -> Result<Refreshed, HookError> {
         let subjects: Vec<(Subject, u64)> =
@@ -253,7 +253,9 @@ impl Hooks {
     }
 
     /// Retries queued refreshes older than `min_age` (younger ones belong to
-    /// requests still running); returns how many landed.
+    /// requests still running); returns how many Redis took. The round stops
+    /// at the first Redis failure: the rows are queued already, and the rest
+    /// would only cost MySQL a read each for nothing.
     pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<u64, HookError> {
         if self.cache.breaker_open() {
             return Ok(0);
@@ -265,8 +267,17 @@ impl Hooks {
             .await?;
         let mut landed = 0;
         for subject in overdue {
-            if self.refresh(subject).await?.queued == 0 {
-                landed += 1;
+            let (entry, outcome) = self.read_and_write(subject).await?;
+            match outcome {
+                Ok(written) => {
+                    self.settle(&[entry], Ok(written), true).await?;
+                    landed += 1;
+                }
+                Err(e) => {
+                    meters::cache_fill_errors(1);
+                    tracing::debug!(error = %e, "redis unavailable: sweep round stopped");
+                    break;
+                }
             }
         }
         Ok(landed)

@@ -1,10 +1,13 @@
 //! The refresh queue (outbox): rows that never leave, rows that starve, and
 //! what a sweep does while Redis is away.
 
+use std::time::{Duration, Instant};
+
 use connstatus::seed;
 use secrecy::SecretString;
+use serde_json::json;
 
-use crate::helpers::Isolated;
+use crate::helpers::{metrics_text, spawn_app_with, Isolated, PrivateRedis, TestApp};
 
 /// Every row of the refresh queue, pending or landed.
 async fn queue_rows(store: &Isolated) -> i64 {
@@ -37,4 +40,88 @@ async fn seed_reset_empties_the_refresh_queue_too() {
 
     // Assert.
     assert_eq!(queue_rows(&store).await, 0, "the old graph's queue is gone");
+}
+
+/// The value of an unlabelled metric on `/metrics`.
+async fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = metrics_text(app).await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} not on /metrics:\n{text}"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Plants `n` pending refreshes of pairs (1, 1000 + i), enqueued an hour ago
+/// at `version`.
+async fn plant(store: &Isolated, n: u64, version: u64) {
+    let rows: Vec<String> = (0..n)
+        .map(|i| format!("(1, 1, {}, {version}, NOW(6) - INTERVAL 1 HOUR)", 1000 + i))
+        .collect();
+    store
+        .sql(&format!(
+            "INSERT INTO cache_refresh_queue (kind, a, b, version, enqueued_at) VALUES {}",
+            rows.join(",")
+        ))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_a_sweep_stops_at_the_first_failure() {
+    // Arrange: a service whose Redis is dead, 200 overdue refreshes.
+    let mut redis = PrivateRedis::start().await;
+    let app = spawn_app_with(&[
+        ("redis_url", json!(redis.url())),
+        ("refresh_retry_ms", json!(200)),
+        ("redis_breaker_ms", json!(200)),
+    ])
+    .await;
+    redis.kill();
+    plant(&app.store, 200, 0).await;
+    app.users(&[1, 2]).await;
+    assert_eq!(app.status(1, 2).await, None, "answered from MySQL");
+    let checkouts = "connstatus_mysql_pool_wait_seconds_count";
+    let before = metric(&app, checkouts).await;
+
+    // Act: ten sweeper rounds go by.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Assert: each round asked MySQL a few things, not one per row, and
+    // re-enqueued nothing (the rows keep their age).
+    let used = metric(&app, checkouts).await - before;
+    println!("{used} MySQL checkouts in 2 s of sweeping 200 rows with Redis down");
+    assert!(
+        used < 100.0,
+        "{used} MySQL calls in ten rounds for 200 rows that cannot land now"
+    );
+    let mut conn = app.store.connection().await;
+    let touched: i64 = {
+        use connstatus::db::schema::cache_refresh_queue as q;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        q::table
+            .filter(
+                q::enqueued_at.gt(diesel::dsl::sql::<diesel::sql_types::Datetime>(
+                    "NOW(6) - INTERVAL 30 MINUTE",
+                )),
+            )
+            .count()
+            .get_result(&mut conn)
+            .await
+            .expect("count")
+    };
+    assert_eq!(touched, 0, "rows re-enqueued while Redis was down");
+
+    // Redis back: every row lands.
+    redis.restart().await;
+    let back = Instant::now();
+    while app.store.queued().await > 0 {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the queue did not drain once Redis was back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("200 rows landed {:?} after Redis came back", back.elapsed());
 }
