@@ -4,6 +4,8 @@
 //! version; every instance retries what is overdue. Landed rows are kept for
 //! the replay window, so that the refreshes a Redis lost (a failover, a
 //! restart from an older snapshot) can be re-armed and replayed, then purged.
+//! A pending row that Redis took but that did not settle is postponed, each
+//! time twice as long up to a cap, so it cannot hold back the rows behind it.
 //! See `docs/consistency.md#the-refresh-queue`.
 
 use diesel::prelude::*;
@@ -21,7 +23,8 @@ fn columns(subject: Subject) -> (u8, u64, u64) {
 }
 
 /// Records that the cache must reach `version` for `subject` (keeps the
-/// highest version asked for); a landed row is pending again.
+/// highest version asked for); a landed row is pending again, and the row
+/// is due at once (its retry schedule starts over).
 pub async fn enqueue(
     conn: &mut AsyncMysqlConnection,
     subject: Subject,
@@ -31,7 +34,8 @@ pub async fn enqueue(
     diesel::sql_query(
         "INSERT INTO cache_refresh_queue (kind, a, b, version) VALUES (?, ?, ?, ?) \
          ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version)), \
-         enqueued_at = CURRENT_TIMESTAMP(6), landed_at = NULL",
+         enqueued_at = CURRENT_TIMESTAMP(6), landed_at = NULL, \
+         attempts = 0, next_attempt_at = CURRENT_TIMESTAMP(6)",
     )
     .bind::<Unsigned<TinyInt>, _>(kind)
     .bind::<Unsigned<BigInt>, _>(a)
@@ -82,20 +86,56 @@ pub async fn purge_landed(
 }
 
 /// Makes every row that landed within the last `window_us` microseconds
-/// pending again (the Redis that took those writes may have lost them);
-/// returns how many.
+/// pending again (the Redis that took those writes may have lost them), and
+/// every pending row due at once; returns how many rows changed.
 pub async fn rearm(conn: &mut AsyncMysqlConnection, window_us: u64) -> QueryResult<usize> {
     diesel::sql_query(
-        "UPDATE cache_refresh_queue SET landed_at = NULL \
-         WHERE landed_at >= NOW(6) - INTERVAL ? MICROSECOND",
+        "UPDATE cache_refresh_queue SET landed_at = NULL, attempts = 0, next_attempt_at = NOW(6) \
+         WHERE landed_at IS NULL OR landed_at >= NOW(6) - INTERVAL ? MICROSECOND",
     )
     .bind::<Unsigned<BigInt>, _>(window_us)
     .execute(conn)
     .await
 }
 
-/// Pending entries older than `min_age_ms` (fresher ones are still being
-/// refreshed by the request that made them), oldest first.
+/// Pushes back the next attempt of those of `subjects` still pending: the
+/// n-th postponement waits `base_us · 2^(n-1)`, at most `cap_us`.
+pub async fn postpone(
+    conn: &mut AsyncMysqlConnection,
+    subjects: &[Subject],
+    base_us: u64,
+    cap_us: u64,
+) -> QueryResult<usize> {
+    let mut changed = 0;
+    for chunk in subjects.chunks(500) {
+        let keys = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        // The delay uses the attempts before this one (assignments run left
+        // to right).
+        let mut query = diesel::sql_query(format!(
+            "UPDATE cache_refresh_queue SET \
+             next_attempt_at = NOW(6) + INTERVAL \
+               CAST(LEAST(? * POW(2, LEAST(attempts, 40)), ?) AS UNSIGNED) MICROSECOND, \
+             attempts = attempts + 1 \
+             WHERE landed_at IS NULL AND (kind, a, b) IN ({keys})"
+        ))
+        .into_boxed::<diesel::mysql::Mysql>()
+        .bind::<Unsigned<BigInt>, _>(base_us)
+        .bind::<Unsigned<BigInt>, _>(cap_us);
+        for &subject in chunk {
+            let (kind, a, b) = columns(subject);
+            query = query
+                .bind::<Unsigned<TinyInt>, _>(kind)
+                .bind::<Unsigned<BigInt>, _>(a)
+                .bind::<Unsigned<BigInt>, _>(b);
+        }
+        changed += query.execute(conn).await?;
+    }
+    Ok(changed)
+}
+
+/// Pending entries that are due and older than `min_age_ms` (fresher ones
+/// are still being refreshed by the request that made them), the longest
+/// due first.
 pub async fn overdue(
     conn: &mut AsyncMysqlConnection,
     min_age_ms: u64,
@@ -112,8 +152,9 @@ pub async fn overdue(
     }
     let rows: Vec<Row> = diesel::sql_query(
         "SELECT kind, a, b FROM cache_refresh_queue \
-         WHERE landed_at IS NULL AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND \
-         ORDER BY enqueued_at LIMIT ?",
+         WHERE landed_at IS NULL AND next_attempt_at <= NOW(6) \
+         AND enqueued_at < NOW(6) - INTERVAL ? MICROSECOND \
+         ORDER BY next_attempt_at LIMIT ?",
     )
     .bind::<Unsigned<BigInt>, _>(min_age_ms.saturating_mul(1000))
     .bind::<BigInt, _>(limit)

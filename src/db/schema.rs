@@ -41,5 +41,7 @@ diesel::table! {
         version -> Unsigned<BigInt>,
         enqueued_at -> Datetime,
         landed_at -> Nullable<Datetime>,
+        attempts -> Unsigned<Integer>,
+        next_attempt_at -> Datetime,
     }
 }

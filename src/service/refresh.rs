@@ -252,10 +252,14 @@ impl Hooks {
         }
     }
 
-    /// Retries queued refreshes older than `min_age` (younger ones belong to
-    /// requests still running); returns how many Redis took. The round stops
-    /// at the first Redis failure: the rows are queued already, and the rest
-    /// would only cost MySQL a read each for nothing.
+    /// Retries the queued refreshes that are due and older than `min_age`
+    /// (younger ones belong to requests still running), at most `limit`;
+    /// returns how many Redis took. A row Redis took that is still pending
+    /// (its queued version is not reached) is postponed, first by `min_age`,
+    /// then each time twice as long up to [`RETRY_CAP`], so rows that never
+    /// settle cannot hold back those behind them. The round stops at the
+    /// first Redis failure: the rows are queued already, and the rest would
+    /// only cost MySQL a read each for nothing; an outage is not an attempt.
     pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<u64, HookError> {
         if self.cache.breaker_open() {
             return Ok(0);
@@ -266,23 +270,47 @@ impl Hooks {
             .query(async |conn| outbox::overdue(conn, ms, limit).await)
             .await?;
         let mut landed = 0;
+        let mut tried = Vec::with_capacity(overdue.len());
+        let mut failed = None;
         for subject in overdue {
-            let (entry, outcome) = self.read_and_write(subject).await?;
-            match outcome {
-                Ok(written) => {
-                    self.settle(&[entry], Ok(written), true).await?;
-                    landed += 1;
+            let outcome = match self.read_and_write(subject).await {
+                Ok((entry, Ok(written))) => {
+                    self.settle(&[entry], Ok(written), true).await.map(|_| ())
                 }
-                Err(e) => {
+                Ok((_, Err(e))) => {
                     meters::cache_fill_errors(1);
                     tracing::debug!(error = %e, "redis unavailable: sweep round stopped");
                     break;
                 }
+                Err(e) => Err(e),
+            };
+            // Tried, whatever MySQL said: a row that fails on its own must
+            // not come first again either.
+            tried.push(subject);
+            match outcome {
+                Ok(()) => landed += 1,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(landed)
+        // Those that landed are no longer pending: only the others move.
+        let (base, cap) = (micros(min_age), micros(RETRY_CAP));
+        let postponed = self
+            .db
+            .query(async |conn| outbox::postpone(conn, &tried, base, cap).await)
+            .await;
+        match (failed, postponed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Ok(landed),
+        }
     }
 }
+
+/// The longest a queued refresh that does not settle waits between two
+/// attempts.
+pub const RETRY_CAP: Duration = Duration::from_secs(300);
 
 /// What the sweeper remembers of the Redis server between rounds.
 #[derive(Debug, Default)]

@@ -125,3 +125,43 @@ async fn while_redis_is_down_a_sweep_stops_at_the_first_failure() {
     }
     println!("200 rows landed {:?} after Redis came back", back.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_that_never_settle_do_not_starve_newer_ones() {
+    // Arrange: a pair cached at version 1 and changed by a writer that sent
+    // no event: its refresh to version 2 is queued ten minutes ago. Ahead of
+    // it, a full sweep's worth (1000) of older rows that can never settle:
+    // their queued version is higher than anything the rows will ever have.
+    let app = spawn_app_with(&[("refresh_retry_ms", json!(200))]).await;
+    app.users(&[1, 2]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 1)")
+        .await;
+    assert_eq!(
+        app.status(2, 1).await.as_deref(),
+        Some("received_connection_request")
+    );
+    app.store
+        .sql("UPDATE user_connections SET state = 'connected', requested_by = NULL WHERE user_low = 1 AND user_high = 2")
+        .await;
+    plant(&app.store, 1000, 1_000_000).await;
+    app.store
+        .sql("INSERT INTO cache_refresh_queue (kind, a, b, version, enqueued_at) VALUES (1, 1, 2, 2, NOW(6) - INTERVAL 10 MINUTE)")
+        .await;
+    let planted = Instant::now();
+
+    // Assert: the newer row lands all the same.
+    while app.store.cached("p:1:2").await.as_deref() != Some("2:c") {
+        assert!(
+            planted.elapsed() < Duration::from_secs(20),
+            "the newer refresh never landed behind 1000 that cannot"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the newer row landed {:?} after it was queued behind 1000 unsettleable rows",
+        planted.elapsed()
+    );
+    assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
+    assert_eq!(app.store.queued().await, 1000, "only those that cannot");
+}
