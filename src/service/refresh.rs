@@ -260,15 +260,16 @@ impl Hooks {
     /// settle cannot hold back those behind them. The round stops at the
     /// first Redis failure: the rows are queued already, and the rest would
     /// only cost MySQL a read each for nothing; an outage is not an attempt.
-    pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<u64, HookError> {
+    pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<Swept, HookError> {
         if self.cache.breaker_open() {
-            return Ok(0);
+            return Ok(Swept::default());
         }
         let ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
         let overdue = self
             .db
             .query(async |conn| outbox::overdue(conn, ms, limit).await)
             .await?;
+        let taken = overdue.len() as u64;
         let mut landed = 0;
         let mut tried = Vec::with_capacity(overdue.len());
         let mut failed = None;
@@ -303,9 +304,24 @@ impl Hooks {
             .await;
         match (failed, postponed) {
             (Some(e), _) | (None, Err(e)) => Err(e),
-            (None, Ok(_)) => Ok(landed),
+            (None, Ok(_)) => Ok(Swept {
+                taken,
+                landed,
+                complete: tried.len() as u64 == taken,
+            }),
         }
     }
+}
+
+/// What one sweep round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Due rows taken.
+    pub taken: u64,
+    /// Rows Redis took.
+    pub landed: u64,
+    /// Whether every row taken was tried (false: stopped by a Redis failure).
+    pub complete: bool,
 }
 
 /// The longest a queued refresh that does not settle waits between two
@@ -436,10 +452,32 @@ pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duratio
         if let Err(e) = hooks.purge_landed(replay_window).await {
             tracing::debug!(error = %e, "purge of landed refreshes skipped");
         }
-        match hooks.sweep(every, 1000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(landed = n, "queued cache refreshes landed"),
-            Err(e) => tracing::debug!(error = %e, "refresh sweep skipped"),
+        // A full round means more may be due (a backlog, a replay): go on
+        // at once rather than one round per tick.
+        let mut landed = 0;
+        for _ in 0..MAX_ROUNDS_PER_TICK {
+            match hooks.sweep(every, ROUND_LIMIT).await {
+                Ok(swept) => {
+                    landed += swept.landed;
+                    if swept.taken < ROUND_LIMIT as u64 || !swept.complete {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "refresh sweep skipped");
+                    break;
+                }
+            }
+        }
+        if landed > 0 {
+            tracing::info!(landed, "queued cache refreshes landed");
         }
     }
 }
+
+/// Due rows one sweep round takes at most.
+const ROUND_LIMIT: i64 = 1000;
+
+/// Rounds one tick runs at most while they come back full (then the next
+/// tick goes on).
+const MAX_ROUNDS_PER_TICK: usize = 100;

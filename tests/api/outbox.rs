@@ -165,3 +165,32 @@ async fn rows_that_never_settle_do_not_starve_newer_ones() {
     assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
     assert_eq!(app.store.queued().await, 1000, "only those that cannot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_round_drains_without_waiting_a_tick_per_round() {
+    // Arrange: 2500 due refreshes (three rounds' worth, as a replay after a
+    // failover may re-arm), and a long interval: two more ticks would take
+    // 12 s.
+    let app = spawn_app_with(&[("refresh_retry_ms", json!(6000))]).await;
+    plant(&app.store, 2500, 0).await;
+
+    // Act: the first round starts at the next tick.
+    while app.store.queued().await == 2500 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+
+    // Assert: the rest follows at once, not one round per tick.
+    while app.store.queued().await > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{} rows still pending one interval after the first landed",
+            app.store.queued().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "2500 rows drained {:?} after the first landed",
+        started.elapsed()
+    );
+}
