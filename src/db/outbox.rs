@@ -169,3 +169,26 @@ pub async fn overdue(
         })
         .collect())
 }
+
+/// The pending rows: how many, and the age of the oldest in microseconds
+/// (0 when none).
+pub async fn pending(conn: &mut AsyncMysqlConnection) -> QueryResult<(u64, u64)> {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = BigInt)]
+        depth: i64,
+        #[diesel(sql_type = BigInt)]
+        oldest_us: i64,
+    }
+    let row: Row = diesel::sql_query(
+        "SELECT COUNT(*) AS depth, \
+         COALESCE(TIMESTAMPDIFF(MICROSECOND, MIN(enqueued_at), NOW(6)), 0) AS oldest_us \
+         FROM cache_refresh_queue WHERE landed_at IS NULL",
+    )
+    .get_result(conn)
+    .await?;
+    Ok((
+        u64::try_from(row.depth).unwrap_or(0),
+        u64::try_from(row.oldest_us).unwrap_or(0),
+    ))
+}

@@ -421,6 +421,17 @@ impl Hooks {
         }
     }
 
+    /// Samples the queue's depth and the age of its oldest pending row into
+    /// the metrics.
+    pub async fn sample_queue(&self) -> Result<(), HookError> {
+        let (depth, oldest_us) = self
+            .db
+            .query(async |conn| outbox::pending(conn).await)
+            .await?;
+        meters::refresh_queue(depth, oldest_us as f64 / 1e6);
+        Ok(())
+    }
+
     /// Deletes landed refreshes older than `window` (they are no longer
     /// replayed); returns how many.
     pub async fn purge_landed(&self, window: Duration) -> Result<u64, HookError> {
@@ -438,8 +449,9 @@ const PURGE_LIMIT: i64 = 10_000;
 
 /// Runs the sweeper every `every` until the process ends: watches the Redis
 /// server ([`Hooks::watch_server`], replaying `replay_window` after a
-/// change), purges landed refreshes older than the window, and retries what
-/// is overdue ([`Hooks::sweep`]). Errors are logged and retried next round.
+/// change), purges landed refreshes older than the window, retries what is
+/// overdue ([`Hooks::sweep`]) and samples the queue for the metrics. Errors
+/// are logged and retried next round.
 pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -471,6 +483,9 @@ pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duratio
         }
         if landed > 0 {
             tracing::info!(landed, "queued cache refreshes landed");
+        }
+        if let Err(e) = hooks.sample_queue().await {
+            tracing::debug!(error = %e, "refresh queue not sampled");
         }
     }
 }

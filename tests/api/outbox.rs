@@ -194,3 +194,52 @@ async fn a_backlog_larger_than_one_round_drains_without_waiting_a_tick_per_round
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_depth_and_the_oldest_pending_age_are_on_metrics() {
+    // Arrange: five refreshes pending for an hour (they cannot settle), one
+    // landed row (not pending).
+    let app = spawn_app_with(&[("refresh_retry_ms", json!(200))]).await;
+    plant(&app.store, 5, 1_000_000).await;
+    app.store
+        .sql("INSERT INTO cache_refresh_queue (kind, a, b, version, landed_at) VALUES (2, 9, 0, 1, NOW(6))")
+        .await;
+
+    // Assert: the sweeper samples them.
+    let started = Instant::now();
+    while !metrics_text(&app)
+        .await
+        .contains("connstatus_refresh_queue_depth 5\n")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "no queue depth of 5 on /metrics:\n{}",
+            metrics_text(&app).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let oldest = metric(&app, "connstatus_refresh_queue_oldest_seconds").await;
+    assert!(
+        (3600.0..3700.0).contains(&oldest),
+        "oldest pending row is an hour old, not {oldest} s"
+    );
+
+    // Once they are done, both fall to 0.
+    app.store
+        .sql("UPDATE cache_refresh_queue SET landed_at = NOW(6)")
+        .await;
+    while !metrics_text(&app)
+        .await
+        .contains("connstatus_refresh_queue_depth 0\n")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the depth did not fall to 0"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        metric(&app, "connstatus_refresh_queue_oldest_seconds").await,
+        0.0
+    );
+}
