@@ -275,9 +275,7 @@ impl Hooks {
         let mut failed = None;
         for subject in overdue {
             let outcome = match self.read_and_write(subject).await {
-                Ok((entry, Ok(written))) => {
-                    self.settle(&[entry], Ok(written), true).await.map(|_| ())
-                }
+                Ok((entry, Ok(written))) => self.settle(&[entry], Ok(written), true).await,
                 Ok((_, Err(e))) => {
                     meters::cache_fill_errors(1);
                     tracing::debug!(error = %e, "redis unavailable: sweep round stopped");
@@ -285,11 +283,13 @@ impl Hooks {
                 }
                 Err(e) => Err(e),
             };
-            // Tried, whatever MySQL said: a row that fails on its own must
-            // not come first again either.
-            tried.push(subject);
             match outcome {
-                Ok(()) => landed += 1,
+                Ok(_) => {
+                    tried.push(subject);
+                    landed += 1;
+                }
+                // MySQL did not answer: the round stops, and the row keeps
+                // its turn (an outage is not an attempt).
                 Err(e) => {
                     failed = Some(e);
                     break;

@@ -243,3 +243,52 @@ async fn queue_depth_and_the_oldest_pending_age_are_on_metrics() {
         0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mysql_stall_is_not_an_attempt() {
+    // Arrange: three due refreshes; MySQL cannot read pairs (a second
+    // session holds the table) for longer than several rounds.
+    let app = spawn_app_with(&[
+        ("refresh_retry_ms", json!(200)),
+        ("mysql_timeout_ms", json!(300)),
+    ])
+    .await;
+    plant(&app.store, 3, 0).await;
+    let mut locker = app.store.connection().await;
+    {
+        use diesel_async::SimpleAsyncConnection;
+        locker
+            .batch_execute("LOCK TABLES user_connections WRITE")
+            .await
+            .expect("lock");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+
+    // Assert: no row was postponed for it, and all land once MySQL reads.
+    let attempts: Option<i64> = {
+        use connstatus::db::schema::cache_refresh_queue as q;
+        use diesel::dsl::max;
+        use diesel::prelude::*;
+        use diesel_async::RunQueryDsl;
+        let mut conn = app.store.connection().await;
+        q::table
+            .select(max(q::attempts))
+            .first::<Option<u32>>(&mut conn)
+            .await
+            .expect("attempts")
+            .map(i64::from)
+    };
+    assert_eq!(attempts, Some(0), "a stall counted as an attempt");
+    {
+        use diesel_async::SimpleAsyncConnection;
+        locker.batch_execute("UNLOCK TABLES").await.expect("unlock");
+    }
+    let unlocked = Instant::now();
+    while app.store.queued().await > 0 {
+        assert!(
+            unlocked.elapsed() < Duration::from_secs(3),
+            "rows still pending after MySQL answered again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
