@@ -10,7 +10,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, TinyInt, Unsigned};
-use diesel_async::{AsyncMysqlConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncMysqlConnection, RunQueryDsl};
 
 use crate::domain::{Pair, Subject, UserId};
 
@@ -44,6 +44,52 @@ pub async fn enqueue(
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+/// Rows one recording statement inserts at most (4 placeholders each).
+const RECORD_CHUNK: usize = 1000;
+
+/// Records that each of `subjects` needs a refresh whose version is not
+/// known (version 0: any row version reaches it, and a higher version
+/// already queued is kept), as [`enqueue`] does for one: one multi-row
+/// insert (one transaction when more than [`RECORD_CHUNK`]). Rows are
+/// written in key order, so two recordings never wait on each other in a
+/// cycle.
+pub async fn record(conn: &mut AsyncMysqlConnection, subjects: &[Subject]) -> QueryResult<()> {
+    let mut keys: Vec<(u8, u64, u64)> = subjects.iter().map(|&s| columns(s)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.len() <= RECORD_CHUNK {
+        return record_keys(conn, &keys).await;
+    }
+    conn.transaction(async |conn| {
+        for chunk in keys.chunks(RECORD_CHUNK) {
+            record_keys(conn, chunk).await?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn record_keys(conn: &mut AsyncMysqlConnection, keys: &[(u8, u64, u64)]) -> QueryResult<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let rows = vec!["(?, ?, ?, 0)"; keys.len()].join(", ");
+    let mut query = diesel::sql_query(format!(
+        "INSERT INTO cache_refresh_queue (kind, a, b, version) VALUES {rows} \
+         ON DUPLICATE KEY UPDATE version = GREATEST(version, VALUES(version)), \
+         enqueued_at = CURRENT_TIMESTAMP(6), landed_at = NULL, \
+         attempts = 0, next_attempt_at = CURRENT_TIMESTAMP(6)"
+    ))
+    .into_boxed::<diesel::mysql::Mysql>();
+    for &(kind, a, b) in keys {
+        query = query
+            .bind::<Unsigned<TinyInt>, _>(kind)
+            .bind::<Unsigned<BigInt>, _>(a)
+            .bind::<Unsigned<BigInt>, _>(b);
+    }
+    query.execute(conn).await.map(|_| ())
 }
 
 /// Marks `subject` landed if the cache now holds `version` or newer (a

@@ -47,6 +47,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::{stream, StreamExt};
+
 use crate::cache::{Cache, CacheError, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
@@ -60,7 +62,9 @@ pub struct Refreshed {
     pub read: u64,
     /// Entries written to Redis (the others were not newer).
     pub written: u64,
-    /// Entries Redis could not take now, queued for retry.
+    /// Entries Redis could not take now, queued for retry (for
+    /// [`Hooks::subjects_changed`]: also those MySQL did not answer for,
+    /// which stay queued).
     pub queued: u64,
 }
 
@@ -93,6 +97,10 @@ impl std::fmt::Debug for Hooks {
 
 /// Pairs written per script call when refreshing many.
 const FILL_CHUNK: usize = 500;
+
+/// Refreshes of one batch of events that run at once (each holds a MySQL
+/// connection while it reads).
+pub const EVENT_REFRESHES_AT_ONCE: usize = 8;
 
 impl Hooks {
     /// Hooks over an existing cache and database.
@@ -160,6 +168,71 @@ impl Hooks {
         let mut done = self.settle(&[entry], outcome, true).await?;
         done.read = 1;
         Ok(done)
+    }
+
+    /// Subjects that changed, as named by a batch of events: every one is
+    /// recorded in the queue first (one multi-row insert, "refresh needed,
+    /// version unknown"), then refreshed, [`EVENT_REFRESHES_AT_ONCE`] at a
+    /// time, so the sender reads its write at once in the normal case. Fails
+    /// only when the record fails (then nothing may be acknowledged); a
+    /// refresh that fails afterwards (Redis or MySQL) stays queued, counted
+    /// in `queued`, and the sweeper lands it.
+    pub async fn subjects_changed(&self, subjects: &[Subject]) -> Result<Refreshed, HookError> {
+        if subjects.is_empty() {
+            return Ok(Refreshed::default());
+        }
+        self.db
+            .query(async |conn| outbox::record(conn, subjects).await)
+            .await?;
+        let done: Vec<Refreshed> = stream::iter(subjects.iter().copied())
+            .map(|subject| self.refresh_recorded(subject))
+            .buffer_unordered(EVENT_REFRESHES_AT_ONCE)
+            .collect()
+            .await;
+        let mut total = Refreshed::default();
+        for one in done {
+            total += one;
+        }
+        Ok(total)
+    }
+
+    /// Refreshes a subject whose refresh is recorded already: on any
+    /// failure it is left to the sweeper (nothing is queued again).
+    async fn refresh_recorded(&self, subject: Subject) -> Refreshed {
+        let left = Refreshed {
+            queued: 1,
+            ..Refreshed::default()
+        };
+        // Redis failed a moment ago: the rest of the batch waits for the
+        // sweeper rather than costing MySQL a read each for nothing.
+        if self.cache.breaker_open() {
+            meters::cache_fill_errors(1);
+            meters::refresh_queued(1);
+            return left;
+        }
+        match self.read_and_write(subject).await {
+            Ok((entry, Ok(written))) => match self.settle(&[entry], Ok(written), true).await {
+                Ok(done) => Refreshed { read: 1, ..done },
+                Err(e) => {
+                    tracing::warn!(error = %e, "refresh written, not marked landed: the sweeper will");
+                    Refreshed {
+                        read: 1,
+                        written,
+                        queued: 1,
+                    }
+                }
+            },
+            Ok((_, Err(e))) => {
+                tracing::warn!(error = %e, "cache unavailable: refresh left queued");
+                meters::cache_fill_errors(1);
+                meters::refresh_queued(1);
+                Refreshed { read: 1, ..left }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mysql unavailable: refresh left queued");
+                left
+            }
+        }
     }
 
     /// Re-reads `subject` from MySQL and writes it to Redis only if newer

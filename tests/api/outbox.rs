@@ -292,3 +292,48 @@ async fn a_mysql_stall_is_not_an_attempt() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_of_unknown_version_keeps_a_higher_one_and_lands_on_any_refresh() {
+    use connstatus::db::outbox;
+    use connstatus::db::schema::cache_refresh_queue as q;
+    use connstatus::domain::{Pair, Subject, UserId};
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let store = Isolated::new().await;
+    let mut conn = store.connection().await;
+    let id = |n| UserId::new(n).expect("id");
+    let pair = Subject::Pair(Pair::new(id(1), id(2)).expect("pair"));
+    let user = Subject::User(id(9));
+    let rows = async |conn: &mut diesel_async::AsyncMysqlConnection| {
+        q::table
+            .select((q::kind, q::a, q::version, q::landed_at.is_not_null()))
+            .order((q::kind, q::a))
+            .load::<(u8, u64, u64, bool)>(conn)
+            .await
+            .expect("rows")
+    };
+
+    // A mutation's version 5 is pending; events name the pair and a user.
+    outbox::enqueue(&mut conn, pair, 5).await.expect("enqueue");
+    outbox::record(&mut conn, &[user, pair, user])
+        .await
+        .expect("record");
+    assert_eq!(
+        rows(&mut conn).await,
+        [(1, 1, 5, false), (2, 9, 0, false)],
+        "the higher version is kept; unknown is 0"
+    );
+
+    // A refresh that read version 0 (no row) lands the user's record; one
+    // that read 4 does not land the pair's 5, one that read 5 does.
+    outbox::dequeue(&mut conn, user, 0).await.expect("dequeue");
+    outbox::dequeue(&mut conn, pair, 4).await.expect("dequeue");
+    assert_eq!(rows(&mut conn).await, [(1, 1, 5, false), (2, 9, 0, true)]);
+    outbox::dequeue(&mut conn, pair, 5).await.expect("dequeue");
+    assert_eq!(rows(&mut conn).await, [(1, 1, 5, true), (2, 9, 0, true)]);
+
+    // A record of a landed subject makes it pending again at its version.
+    outbox::record(&mut conn, &[pair]).await.expect("record");
+    assert_eq!(rows(&mut conn).await, [(1, 1, 5, false), (2, 9, 0, true)]);
+}
