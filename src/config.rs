@@ -116,6 +116,10 @@ pub struct Settings {
     /// retried (and how old one must be to be retried).
     #[serde(deserialize_with = "nonzero_u64")]
     pub refresh_retry_ms: NonZeroU64,
+    /// `CONNSTATUS_REPLAY_WINDOW_SECONDS`: how long landed cache refreshes
+    /// are kept, to be replayed when Redis turns out to be a different
+    /// server (a failover, a restart) that may have lost them.
+    pub replay_window_seconds: u64,
 }
 
 /// JWT verification (see `docs/api.md#authentication`).

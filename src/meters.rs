@@ -1,7 +1,8 @@
 //! Prometheus metrics (`GET /metrics` on the admin listener).
 //!
 //! Counters and histograms are recorded through the `metrics` facade where
-//! things happen; gauges of pools and the breaker are sampled when scraped.
+//! things happen; gauges of pools and the breaker are sampled when scraped,
+//! those of the refresh queue by the sweeper every retry interval.
 //! Names:
 //!
 //! | metric | labels | what |
@@ -14,6 +15,8 @@
 //! | `connstatus_cache_fills_total` | `result` = written, refused, error | fills (refused: Redis held the same or newer, or for a reader's fill any value) |
 //! | `connstatus_cache_single_flight_joined_total` | | misses that shared another request's MySQL read |
 //! | `connstatus_cache_refresh_queued_total` | | refreshes queued because Redis did not answer |
+//! | `connstatus_refresh_queue_depth` | | refreshes pending in the queue (all instances'; sampled by the sweeper) |
+//! | `connstatus_refresh_queue_oldest_seconds` | | age of the oldest pending refresh (0: none; sampled by the sweeper) |
 //! | `connstatus_redis_breaker_open` | | 1 while the request path skips Redis |
 //! | `connstatus_redis_errors_total` | | failed or timed-out request-path Redis calls |
 //! | `connstatus_mysql_errors_total` | | failed or timed-out MySQL calls |
@@ -106,6 +109,12 @@ pub fn single_flight_joined() {
 /// Counts refreshes queued because Redis did not answer.
 pub fn refresh_queued(n: u64) {
     metrics::counter!("connstatus_cache_refresh_queued_total").increment(n);
+}
+
+/// The refresh queue as last sampled: pending rows and the oldest's age.
+pub fn refresh_queue(depth: u64, oldest_seconds: f64) {
+    metrics::gauge!("connstatus_refresh_queue_depth").set(depth as f64);
+    metrics::gauge!("connstatus_refresh_queue_oldest_seconds").set(oldest_seconds);
 }
 
 /// Counts a failed or timed-out MySQL call.

@@ -111,7 +111,9 @@ pub fn generate(spec: Spec) -> Result<Vec<Row>, String> {
 
 /// Inserts the graph into the (migrated, empty) database at `url`.
 /// With `reset`, existing rows are removed first (TRUNCATE: the rows-are-never-
-/// deleted rule is for live data, not for a demo graph being replaced).
+/// deleted rule is for live data, not for a demo graph being replaced), and
+/// the refresh queue with them: the new rows start again at version 1, so
+/// the old graph's queued versions would never be reached.
 pub async fn run(url: &SecretString, spec: Spec, reset: bool) -> Result<Summary, String> {
     let rows = generate(spec)?;
     let started = Instant::now();
@@ -120,7 +122,7 @@ pub async fn run(url: &SecretString, spec: Spec, reset: bool) -> Result<Summary,
         conn.batch_execute(
             "SET FOREIGN_KEY_CHECKS = 0; TRUNCATE TABLE user_connections; TRUNCATE TABLE users; \
              TRUNCATE TABLE user_tombstones; \
-             SET FOREIGN_KEY_CHECKS = 1;",
+             SET FOREIGN_KEY_CHECKS = 1; TRUNCATE TABLE cache_refresh_queue;",
         )
         .await
         .map_err(|e| format!("reset failed: {e}"))?;

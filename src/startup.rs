@@ -169,7 +169,8 @@ fn worker_factory(
 }
 
 /// The tasks that run beside the listeners: the refresh-queue sweeper
-/// (retries refreshes that could not reach Redis) and the metrics upkeep.
+/// (retries refreshes that could not reach Redis, replays those a Redis
+/// failover lost) and the metrics upkeep.
 fn spawn_background(
     settings: &Settings,
     worker: &impl Fn() -> Result<Worker, String>,
@@ -178,6 +179,7 @@ fn spawn_background(
     tokio::spawn(refresh::sweep_forever(
         sweeper,
         Duration::from_millis(settings.refresh_retry_ms.get()),
+        Duration::from_secs(settings.replay_window_seconds),
     ));
     crate::meters::handle();
     tokio::spawn(crate::meters::upkeep_forever(Duration::from_millis(

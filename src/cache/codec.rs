@@ -104,10 +104,20 @@ pub fn encode<T: Code>(entry: Versioned<T>) -> Vec<u8> {
     out
 }
 
-/// Whether a stored value is a reader's lease (`~<token>`): a miss, whose
-/// fill is under way.
+/// The length of a lease: `~` and 16 hex digits of a random token.
+pub const LEASE_LEN: usize = 17;
+
+/// Whether a stored value is a lease (`~<token>`): a fill or a refresh is
+/// under way.
 pub fn is_lease(raw: &[u8]) -> bool {
     raw.first() == Some(&b'~')
+}
+
+/// The entry a refresh's lease stands in front of (`~<token><entry>`), still
+/// the answer while the refresh reads MySQL; `None` for a bare lease.
+pub fn behind_lease(raw: &[u8]) -> Option<&[u8]> {
+    raw.get(LEASE_LEN..)
+        .filter(|rest| is_lease(raw) && !rest.is_empty())
 }
 
 /// Decodes a stored value; anything malformed is `None` and is treated as a

@@ -14,6 +14,7 @@
 //! ([`Cache::upgrade_with`]).
 
 pub mod codec;
+mod identity;
 mod read;
 mod write;
 
@@ -28,6 +29,7 @@ use crate::config::CacheSettings;
 use crate::domain::Entry;
 use codec::Keys;
 
+pub use identity::ServerIdentity;
 pub use read::Cached;
 pub use write::{Lease, Upgrade};
 
@@ -71,6 +73,7 @@ pub struct Cache {
     keys: Keys,
     conn: ConnectionManager,
     upgrade_script: Script,
+    lease_script: Script,
     fill_script: Script,
     ttl_seconds: u64,
     negative_ttl_seconds: u64,
@@ -127,6 +130,7 @@ impl Cache {
             keys: Keys::new(&settings.redis_prefix),
             conn,
             upgrade_script: Script::new(write::UPGRADE_SCRIPT),
+            lease_script: Script::new(write::LEASE_SCRIPT),
             fill_script: Script::new(write::FILL_SCRIPT),
             ttl_seconds: settings.cache_ttl_seconds,
             negative_ttl_seconds: settings.negative_ttl_seconds,

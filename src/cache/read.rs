@@ -24,9 +24,16 @@ fn decode_noting<T: codec::Code>(
     foreign: &mut bool,
 ) -> Option<Versioned<T>> {
     let raw = raw?.as_deref()?;
-    let value = codec::decode(raw);
-    *foreign |= value.is_none() && !codec::is_lease(raw);
-    value
+    if let Some(value) = codec::decode(raw) {
+        return Some(value);
+    }
+    if codec::is_lease(raw) {
+        // A fill or a refresh under way: a refresh's lease still carries
+        // the entry it will replace, which stays the answer until then.
+        return codec::behind_lease(raw).and_then(codec::decode);
+    }
+    *foreign = true;
+    None
 }
 
 impl Cache {

@@ -12,7 +12,7 @@
 //!
 //! See `docs/consistency.md#leases`.
 
-use super::{Cache, CacheError};
+use super::{codec, Cache, CacheError};
 use crate::domain::{Entry, Presence, Subject};
 
 /// The warming job's write (see `upgrade.lua`).
@@ -42,9 +42,13 @@ pub struct Lease {
 impl Lease {
     fn new(key: String) -> Self {
         let token = format!("~{:016x}", rand::random::<u64>());
+        debug_assert_eq!(token.len(), codec::LEASE_LEN);
         Lease { key, token }
     }
 }
+
+/// A refresh's lease (see `lease.lua`).
+pub(super) const LEASE_SCRIPT: &str = include_str!("lease.lua");
 
 impl Cache {
     /// The warming job's write of scanned `entries`, on a connection of the
@@ -99,40 +103,56 @@ impl Cache {
             .collect())
     }
 
-    /// A reader's miss takes a lease on each key of `subjects` before it
-    /// reads MySQL: where the key is empty (`SET NX`), or, when the lookup
-    /// found a value that is not ours (`replace`), whatever it holds. One
-    /// round trip; `None` where another reader's lease or a value is there.
+    /// Takes a lease on each key of `subjects`, before reading them from
+    /// MySQL; one round trip. A reader's miss (`refresh` false) takes only
+    /// empty keys (`SET NX`; `None` where another lease or a value is
+    /// there), or, when its lookup found a value that is not ours, replaces
+    /// it. A refresh takes every key, keeping an entry it finds behind the
+    /// token, so readers keep their answer meanwhile (see `lease.lua`).
     pub async fn lease(
         &self,
         subjects: &[Subject],
-        replace: bool,
+        refresh: bool,
     ) -> Result<Vec<Option<Lease>>, CacheError> {
         let leases: Vec<Lease> = subjects
             .iter()
             .map(|&subject| Lease::new(self.keys.of(subject)))
             .collect();
         let mut pipe = redis::pipe();
-        for lease in &leases {
-            let cmd = pipe.cmd("SET").arg(&lease.key).arg(&lease.token);
-            if !replace {
-                cmd.arg("NX");
-            }
-            cmd.arg("PX").arg(self.lease_ms);
+        if refresh {
+            pipe.load_script(&self.lease_script).ignore();
         }
-        let replies: Vec<Option<redis::Value>> = self
+        for lease in &leases {
+            if refresh {
+                let mut invocation = self.lease_script.prepare_invoke();
+                invocation
+                    .key(&lease.key)
+                    .arg(&lease.token)
+                    .arg(self.lease_ms);
+                pipe.invoke_script(&invocation);
+            } else {
+                pipe.cmd("SET")
+                    .arg(&lease.key)
+                    .arg(&lease.token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.lease_ms);
+            }
+        }
+        let replies: Vec<redis::Value> = self
             .guarded(pipe.query_async(&mut self.conn.clone()))
             .await?;
         Ok(leases
             .into_iter()
             .zip(replies)
-            .map(|(lease, reply)| reply.map(|_| lease))
+            .map(|(lease, reply)| (reply != redis::Value::Nil).then_some(lease))
             .collect())
     }
 
     /// Settles leases after the read: fills each entry while its lease is
-    /// still in its key, and gives back (deletes, if still there) a lease
-    /// with nothing to fill; returns how many entries landed. One round trip.
+    /// still in its key, and gives back a lease with nothing to fill (puts
+    /// back the entry it replaced, or deletes it, if it is still there);
+    /// returns how many keys were written. One round trip.
     pub async fn fill_leased(&self, fills: &[(Lease, Option<Entry>)]) -> Result<u64, CacheError> {
         if fills.is_empty() {
             return Ok(0);
@@ -164,8 +184,9 @@ impl Cache {
                     let (_, value) = self.key_value(entry);
                     invocation.arg(value).arg(self.ttl_of(entry));
                 }
+                // Given back: the entry behind the lease, if any, stays.
                 None => {
-                    invocation.arg("").arg(0);
+                    invocation.arg("").arg(self.ttl_with_jitter());
                 }
             }
             pipe.invoke_script(&invocation);

@@ -54,6 +54,11 @@ impl Db {
         Self { pool, timeout }
     }
 
+    /// The most one call may take (pool wait included).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The pool's use now (for gauges).
     pub fn status(&self) -> deadpool::Status {
         self.pool.status()

@@ -46,12 +46,16 @@ diesel::allow_tables_to_appear_in_same_query!(
 );
 
 diesel::table! {
-    /// Cache refreshes that have not landed yet (see the migration).
+    /// Cache refreshes: pending, or landed within the replay window (see the
+    /// migrations).
     cache_refresh_queue (kind, a, b) {
         kind -> Unsigned<TinyInt>,
         a -> Unsigned<BigInt>,
         b -> Unsigned<BigInt>,
         version -> Unsigned<BigInt>,
         enqueued_at -> Datetime,
+        landed_at -> Nullable<Datetime>,
+        attempts -> Unsigned<Integer>,
+        next_attempt_at -> Datetime,
     }
 }

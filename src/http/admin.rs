@@ -6,7 +6,6 @@ use std::collections::HashSet;
 
 use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::{stream, StreamExt, TryStreamExt};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
@@ -16,7 +15,6 @@ use super::{body, endpoint, health, AppState, Worker};
 use crate::auth::AuthError;
 use crate::domain::{Subject, UserId};
 use crate::events;
-use crate::service::refresh::Refreshed;
 use crate::service::warm::{Progress, Scope};
 
 /// Registers the admin routes.
@@ -65,10 +63,6 @@ fn pool_gauges(name: &'static str, status: deadpool::Status) {
         metrics::gauge!(name, "state" => state).set(value as f64);
     }
 }
-
-/// Refreshes of one events request run at once (each holds a MySQL
-/// connection while it reads).
-const EVENT_REFRESHES_AT_ONCE: usize = 8;
 
 /// The most users one warm request may name (each may have many pairs).
 const MAX_WARM_USERS: usize = 100;
@@ -161,8 +155,10 @@ async fn authorized_json(
 }
 
 /// `POST /internal/v1/events`: one event or an array, in the platform's
-/// webhook shape. Everything is checked before anything is done; then each
-/// distinct pair or user is re-read from MySQL and refreshed in the cache.
+/// webhook shape. Everything is checked before anything is done; then every
+/// distinct pair or user is recorded durably (503 if that fails: nothing is
+/// acknowledged), re-read from MySQL and refreshed in the cache. A refresh
+/// that fails stays recorded and the sweeper lands it: still 200.
 async fn post_events(
     req: HttpRequest,
     payload: web::Payload,
@@ -174,18 +170,16 @@ async fn post_events(
     let processed = subjects.iter().flatten().count();
     let ignored = subjects.len() - processed;
     let distinct: HashSet<Subject> = subjects.into_iter().flatten().collect();
-    let hooks = &worker.hooks;
-    let refreshed: Vec<Refreshed> = stream::iter(distinct)
-        .map(|subject| hooks.refresh(subject))
-        .buffer_unordered(EVENT_REFRESHES_AT_ONCE)
-        .try_collect()
+    let distinct: Vec<Subject> = distinct.into_iter().collect();
+    let refreshed = worker
+        .hooks
+        .subjects_changed(&distinct)
         .await
         .map_err(|e| ApiError::Unavailable(e.0))?;
-    let queued: u64 = refreshed.iter().map(|r| r.queued).sum();
-    if queued > 0 {
+    if refreshed.queued > 0 {
         tracing::warn!(
-            queued,
-            "events accepted; some refreshes queued until Redis answers"
+            queued = refreshed.queued,
+            "events accepted; some refreshes queued until they can land"
         );
     }
     Ok(HttpResponse::Ok().json(EventsReply { processed, ignored }))

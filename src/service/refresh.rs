@@ -13,7 +13,10 @@
 //! `cache_refresh_queue` and retried by every running instance
 //! ([`Hooks::sweep`]) until it lands: once Redis answers again, a change is
 //! in the cache within the retry interval, even if the instance that made it
-//! has died.
+//! has died. Landed refreshes stay recorded for the replay window: when the
+//! sweeper finds a different Redis server behind the URL (a failover, a
+//! restart from an older snapshot: [`Hooks::watch_server`]), it replays them,
+//! since the writes that server acknowledged may be gone.
 //!
 //! # Example
 //!
@@ -42,9 +45,11 @@
 //! ```
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::cache::Cache;
+use futures_util::{stream, StreamExt};
+
+use crate::cache::{Cache, CacheError, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
 use crate::domain::{Entry, Pair, Subject, UserId};
@@ -57,7 +62,9 @@ pub struct Refreshed {
     pub read: u64,
     /// Entries written to Redis (the others were not newer).
     pub written: u64,
-    /// Entries Redis could not take now, queued for retry.
+    /// Entries Redis could not take now, queued for retry (for
+    /// [`Hooks::subjects_changed`]: also those MySQL did not answer for,
+    /// which stay queued).
     pub queued: u64,
 }
 
@@ -90,6 +97,10 @@ impl std::fmt::Debug for Hooks {
 
 /// Pairs written per script call when refreshing many.
 const FILL_CHUNK: usize = 500;
+
+/// Refreshes of one batch of events that run at once (each holds a MySQL
+/// connection while it reads).
+pub const EVENT_REFRESHES_AT_ONCE: usize = 8;
 
 impl Hooks {
     /// Hooks over an existing cache and database.
@@ -151,6 +162,83 @@ impl Hooks {
         self.refresh_all(&[subject], true).await
     }
 
+    /// [`Hooks::read_and_write`], then the queue settled for them.
+    async fn refresh_all(
+        &self,
+        subjects: &[Subject],
+        dequeue: bool,
+    ) -> Result<Refreshed, HookError> {
+        let (entries, outcome) = self.read_and_write(subjects).await?;
+        let mut done = self.settle(&entries, outcome, dequeue).await?;
+        done.read = entries.len() as u64;
+        Ok(done)
+    }
+
+    /// Subjects that changed, as named by a batch of events: every one is
+    /// recorded in the queue first (one multi-row insert, "refresh needed,
+    /// version unknown"), then refreshed, [`EVENT_REFRESHES_AT_ONCE`] at a
+    /// time, so the sender reads its write at once in the normal case. Fails
+    /// only when the record fails (then nothing may be acknowledged); a
+    /// refresh that fails afterwards (Redis or MySQL) stays queued, counted
+    /// in `queued`, and the sweeper lands it.
+    pub async fn subjects_changed(&self, subjects: &[Subject]) -> Result<Refreshed, HookError> {
+        if subjects.is_empty() {
+            return Ok(Refreshed::default());
+        }
+        self.db
+            .query(async |conn| outbox::record(conn, subjects).await)
+            .await?;
+        let done: Vec<Refreshed> = stream::iter(subjects.iter().copied())
+            .map(|subject| self.refresh_recorded(subject))
+            .buffer_unordered(EVENT_REFRESHES_AT_ONCE)
+            .collect()
+            .await;
+        let mut total = Refreshed::default();
+        for one in done {
+            total += one;
+        }
+        Ok(total)
+    }
+
+    /// Refreshes a subject whose refresh is recorded already: on any
+    /// failure it is left to the sweeper (nothing is queued again).
+    async fn refresh_recorded(&self, subject: Subject) -> Refreshed {
+        let left = Refreshed {
+            queued: 1,
+            ..Refreshed::default()
+        };
+        // Redis failed a moment ago: the rest of the batch waits for the
+        // sweeper rather than costing MySQL a read each for nothing.
+        if self.cache.breaker_open() {
+            meters::cache_fill_errors(1);
+            meters::refresh_queued(1);
+            return left;
+        }
+        match self.read_and_write(&[subject]).await {
+            Ok((entries, Ok(written))) => match self.settle(&entries, Ok(written), true).await {
+                Ok(done) => Refreshed { read: 1, ..done },
+                Err(e) => {
+                    tracing::warn!(error = %e, "refresh written, not marked landed: the sweeper will");
+                    Refreshed {
+                        read: 1,
+                        written,
+                        queued: 1,
+                    }
+                }
+            },
+            Ok((_, Err(e))) => {
+                tracing::warn!(error = %e, "cache unavailable: refresh left queued");
+                meters::cache_fill_errors(1);
+                meters::refresh_queued(1);
+                Refreshed { read: 1, ..left }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mysql unavailable: refresh left queued");
+                left
+            }
+        }
+    }
+
     /// Every refresh ends here. Leases first, on each subject's key, taken
     /// whatever the key holds (this refresh's read comes after, so it is at
     /// least as new); then the MySQL reads; then the fills, each landing
@@ -158,11 +246,12 @@ impl Hooks {
     /// took the key since read later still; an eviction or a restart took
     /// the lease away with the entry. Either way an older read never lands,
     /// not even on a key emptied in between (see `docs/consistency.md#leases`).
-    async fn refresh_all(
+    /// Returns the entries read and what Redis answered; nothing is queued
+    /// here. On a MySQL failure the leases are given back.
+    async fn read_and_write(
         &self,
         subjects: &[Subject],
-        dequeue: bool,
-    ) -> Result<Refreshed, HookError> {
+    ) -> Result<(Vec<Entry>, Result<u64, CacheError>), HookError> {
         let leases = self.cache.lease(subjects, true).await;
         let read = self
             .db
@@ -195,18 +284,16 @@ impl Hooks {
             }
             Err(e) => Err(e),
         };
-        let mut done = self.settle(&entries, outcome, dequeue).await?;
-        done.read = entries.len() as u64;
-        Ok(done)
+        Ok((entries, outcome))
     }
 
     /// Records the outcome of writing `entries` in the metrics and the
     /// queue: queued on a Redis failure; on success, their queue rows up to
-    /// those versions are done (when `dequeue`).
+    /// those versions are marked landed (when `dequeue`).
     async fn settle(
         &self,
         entries: &[Entry],
-        outcome: Result<u64, crate::cache::CacheError>,
+        outcome: Result<u64, CacheError>,
         dequeue: bool,
     ) -> Result<Refreshed, HookError> {
         let subjects: Vec<(Subject, u64)> =
@@ -250,24 +337,64 @@ impl Hooks {
         }
     }
 
-    /// Retries queued refreshes older than `min_age` (younger ones belong to
-    /// requests still running); returns how many landed.
-    pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<u64, HookError> {
+    /// Retries the queued refreshes that are due and older than `min_age`
+    /// (younger ones belong to requests still running), at most `limit`;
+    /// returns how many Redis took. A row Redis took that is still pending
+    /// (its queued version is not reached) is postponed, first by `min_age`,
+    /// then each time twice as long up to [`RETRY_CAP`], so rows that never
+    /// settle cannot hold back those behind them. The round stops at the
+    /// first Redis failure: the rows are queued already, and the rest would
+    /// only cost MySQL a read each for nothing; an outage is not an attempt.
+    pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<Swept, HookError> {
         if self.cache.breaker_open() {
-            return Ok(0);
+            return Ok(Swept::default());
         }
         let ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
         let overdue = self
             .db
             .query(async |conn| outbox::overdue(conn, ms, limit).await)
             .await?;
+        let taken = overdue.len() as u64;
         let mut landed = 0;
+        let mut tried = Vec::with_capacity(overdue.len());
+        let mut failed = None;
         for subject in overdue {
-            if self.refresh(subject).await?.queued == 0 {
-                landed += 1;
+            let outcome = match self.read_and_write(&[subject]).await {
+                Ok((entries, Ok(written))) => self.settle(&entries, Ok(written), true).await,
+                Ok((_, Err(e))) => {
+                    meters::cache_fill_errors(1);
+                    tracing::debug!(error = %e, "redis unavailable: sweep round stopped");
+                    break;
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(_) => {
+                    tried.push(subject);
+                    landed += 1;
+                }
+                // MySQL did not answer: the round stops, and the row keeps
+                // its turn (an outage is not an attempt).
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
-        Ok(landed)
+        // Those that landed are no longer pending: only the others move.
+        let (base, cap) = (micros(min_age), micros(RETRY_CAP));
+        let postponed = self
+            .db
+            .query(async |conn| outbox::postpone(conn, &tried, base, cap).await)
+            .await;
+        match (failed, postponed) {
+            (Some(e), _) | (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Ok(Swept {
+                taken,
+                landed,
+                complete: tried.len() as u64 == taken,
+            }),
+        }
     }
 }
 
@@ -282,17 +409,186 @@ async fn read_entry(
     })
 }
 
-/// Runs [`Hooks::sweep`] every `every` until the process ends: the retry
-/// loop behind the refresh queue. Errors are logged and retried next round.
-pub async fn sweep_forever(hooks: Hooks, every: Duration) {
+/// What one sweep round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Due rows taken.
+    pub taken: u64,
+    /// Rows Redis took.
+    pub landed: u64,
+    /// Whether every row taken was tried (false: stopped by a Redis failure).
+    pub complete: bool,
+}
+
+/// The longest a queued refresh that does not settle waits between two
+/// attempts.
+pub const RETRY_CAP: Duration = Duration::from_secs(300);
+
+/// What the sweeper remembers of the Redis server between rounds.
+#[derive(Debug, Default)]
+pub struct ServerWatch {
+    /// The identity last seen (the first one seen is the baseline).
+    seen: Option<ServerIdentity>,
+    /// A replay still to do after a change.
+    replay: Option<Replay>,
+}
+
+/// A replay after the server changed: a first pass re-arms the window; a
+/// second pass, once a refresh that was already under way can no longer be
+/// acknowledged (the MySQL timeout), re-arms what was marked landed since:
+/// a write that reached the old server just before the change may be
+/// marked landed only after the first pass.
+#[derive(Debug)]
+struct Replay {
+    /// When the change was seen.
+    seen_at: Instant,
+    /// When the first pass re-armed the window, once it has.
+    first_pass: Option<Instant>,
+}
+
+/// Microseconds of `d`, for SQL intervals.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Hooks {
+    /// Looks at which Redis server the cache reaches; when it is another one
+    /// than last time (or another replication history), re-arms every
+    /// refresh that landed within `window` (they may be lost) so the sweep
+    /// replays them. The first identity seen is not a change. Returns how
+    /// many rows were re-armed; an error leaves the replay for next round.
+    pub async fn watch_server(
+        &self,
+        watch: &mut ServerWatch,
+        window: Duration,
+    ) -> Result<u64, HookError> {
+        match self.cache.identity().await {
+            Ok(Some(now)) => match &watch.seen {
+                None => watch.seen = Some(now),
+                Some(seen) if *seen == now => {}
+                Some(seen) => {
+                    tracing::warn!(
+                        before = %seen.run_id,
+                        now = %now.run_id,
+                        "redis is another server or history now: replaying the refreshes of the last {}s",
+                        window.as_secs()
+                    );
+                    watch.seen = Some(now);
+                    // A change during a replay: the earlier start covers both.
+                    let seen_at = watch
+                        .replay
+                        .as_ref()
+                        .map_or_else(Instant::now, |r| r.seen_at);
+                    watch.replay = Some(Replay {
+                        seen_at,
+                        first_pass: None,
+                    });
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::debug!(error = %e, "redis identity unknown this round"),
+        }
+        let Some(replay) = &mut watch.replay else {
+            return Ok(0);
+        };
+        match replay.first_pass {
+            None => {
+                // The window counts back from the change, however late MySQL
+                // answers.
+                let back = micros(window + replay.seen_at.elapsed());
+                let n = self
+                    .db
+                    .query(async |conn| outbox::rearm(conn, back).await)
+                    .await?;
+                tracing::info!(rearmed = n, "landed refreshes re-armed for replay");
+                replay.first_pass = Some(Instant::now());
+                Ok(n as u64)
+            }
+            Some(first) if first.elapsed() >= self.db.timeout() => {
+                let back = micros(first.elapsed() + Duration::from_secs(1));
+                let n = self
+                    .db
+                    .query(async |conn| outbox::rearm(conn, back).await)
+                    .await?;
+                watch.replay = None;
+                Ok(n as u64)
+            }
+            Some(_) => Ok(0),
+        }
+    }
+
+    /// Samples the queue's depth and the age of its oldest pending row into
+    /// the metrics.
+    pub async fn sample_queue(&self) -> Result<(), HookError> {
+        let (depth, oldest_us) = self
+            .db
+            .query(async |conn| outbox::pending(conn).await)
+            .await?;
+        meters::refresh_queue(depth, oldest_us as f64 / 1e6);
+        Ok(())
+    }
+
+    /// Deletes landed refreshes older than `window` (they are no longer
+    /// replayed); returns how many.
+    pub async fn purge_landed(&self, window: Duration) -> Result<u64, HookError> {
+        let back = micros(window);
+        let n = self
+            .db
+            .query(async |conn| outbox::purge_landed(conn, back, PURGE_LIMIT).await)
+            .await?;
+        Ok(n as u64)
+    }
+}
+
+/// Landed rows deleted per round at most (more wait for the next round).
+const PURGE_LIMIT: i64 = 10_000;
+
+/// Runs the sweeper every `every` until the process ends: watches the Redis
+/// server ([`Hooks::watch_server`], replaying `replay_window` after a
+/// change), purges landed refreshes older than the window, retries what is
+/// overdue ([`Hooks::sweep`]) and samples the queue for the metrics. Errors
+/// are logged and retried next round.
+pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = ServerWatch::default();
     loop {
         ticker.tick().await;
-        match hooks.sweep(every, 1000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(landed = n, "queued cache refreshes landed"),
-            Err(e) => tracing::debug!(error = %e, "refresh sweep skipped"),
+        if let Err(e) = hooks.watch_server(&mut watch, replay_window).await {
+            tracing::warn!(error = %e, "replay after a redis change postponed");
+        }
+        if let Err(e) = hooks.purge_landed(replay_window).await {
+            tracing::debug!(error = %e, "purge of landed refreshes skipped");
+        }
+        // A full round means more may be due (a backlog, a replay): go on
+        // at once rather than one round per tick.
+        let mut landed = 0;
+        for _ in 0..MAX_ROUNDS_PER_TICK {
+            match hooks.sweep(every, ROUND_LIMIT).await {
+                Ok(swept) => {
+                    landed += swept.landed;
+                    if swept.taken < ROUND_LIMIT as u64 || !swept.complete {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "refresh sweep skipped");
+                    break;
+                }
+            }
+        }
+        if landed > 0 {
+            tracing::info!(landed, "queued cache refreshes landed");
+        }
+        if let Err(e) = hooks.sample_queue().await {
+            tracing::debug!(error = %e, "refresh queue not sampled");
         }
     }
 }
+
+/// Due rows one sweep round takes at most.
+const ROUND_LIMIT: i64 = 1000;
+
+/// Rounds one tick runs at most while they come back full (then the next
+/// tick goes on).
+const MAX_ROUNDS_PER_TICK: usize = 100;

@@ -347,3 +347,84 @@ async fn a_mutation_while_redis_is_unreachable_lands_in_the_cache_once_it_is_bac
         Some("sent_connection_request")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_recorded_first_so_a_mysql_failure_mid_batch_loses_none() {
+    use diesel_async::SimpleAsyncConnection;
+    // Arrange: pairs (1, 2), (1, 3) and users 2, 4 cached; then an external
+    // writer connects 1 and 2, has 3 ask 1, and deletes 4, sending no event.
+    let app = spawn_app_with(&[
+        ("refresh_retry_ms", json!(200)),
+        ("mysql_timeout_ms", json!(500)),
+    ])
+    .await;
+    app.users(&[1, 2, 3, 4]).await;
+    for other in [2, 3, 4] {
+        assert_eq!(app.status(1, other).await, None);
+    }
+    app.store
+        .sql(
+            "INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES
+             (1, 2, 'connected', NULL), (1, 3, 'pending', 3);
+             UPDATE users SET deleted_at = NOW(6) WHERE id = 4",
+        )
+        .await;
+    // MySQL stops answering reads of users mid-batch: a second session
+    // holds the table, so every user refresh times out; pairs still read.
+    let mut locker = app.store.connection().await;
+    locker
+        .batch_execute("LOCK TABLES users WRITE")
+        .await
+        .expect("lock");
+
+    // Act: one batch naming both pairs and two users.
+    let batch = json!([
+        connection_event("connection.created", 1, 2),
+        connection_event("connection_request.created", 3, 1),
+        {"type": "user.deleted", "data": {"user": {"id": 4}}},
+        {"type": "user.created", "data": {"user": {"id": 2}}},
+    ]);
+    let response = app.events(&batch).await;
+
+    // Assert: acknowledged; what could be refreshed is in the cache at once,
+    // the rest is recorded.
+    assert_eq!(response.status(), 200, "recorded, so acknowledged");
+    assert_eq!(
+        response.json::<Value>().await.expect("json"),
+        json!({"processed": 4, "ignored": 0})
+    );
+    assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
+    assert_eq!(
+        app.status(1, 3).await.as_deref(),
+        Some("received_connection_request")
+    );
+    assert_eq!(app.status(1, 4).await, None, "not refreshed yet");
+    assert!(app.store.queued().await >= 2, "the users' refreshes wait");
+
+    // MySQL answers again: the sweeper lands them, unaided.
+    locker.batch_execute("UNLOCK TABLES").await.expect("unlock");
+    let answered = Instant::now();
+    while app.status_of(1, "4").await.status() != 404 || app.store.queued().await > 0 {
+        assert!(
+            answered.elapsed() < Duration::from_secs(5),
+            "the recorded refreshes did not land"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "recorded refreshes landed {:?} after MySQL answered",
+        answered.elapsed()
+    );
+
+    // Only a failure to record is a 503: then nothing is acknowledged.
+    locker
+        .batch_execute("LOCK TABLES cache_refresh_queue WRITE")
+        .await
+        .expect("lock");
+    let response = app
+        .events(&json!({"type": "user.deleted", "data": {"user": {"id": 3}}}))
+        .await;
+    locker.batch_execute("UNLOCK TABLES").await.expect("unlock");
+    assert_eq!(response.status(), 503, "not recorded, not acknowledged");
+    assert!(response.headers().get("retry-after").is_some());
+}

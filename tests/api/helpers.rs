@@ -331,13 +331,18 @@ impl Isolated {
         })
     }
 
-    /// Rows in the cache refresh queue.
+    /// Rows in the cache refresh queue still pending (not landed).
     pub async fn queued(&self) -> i64 {
         use connstatus::db::schema::cache_refresh_queue as q;
         use diesel::prelude::*;
         use diesel_async::RunQueryDsl;
         let mut conn = self.connection().await;
-        q::table.count().get_result(&mut conn).await.expect("count")
+        q::table
+            .filter(q::landed_at.is_null())
+            .count()
+            .get_result(&mut conn)
+            .await
+            .expect("count")
     }
 
     /// The raw cache value of a key under this prefix (`p:1:2`, `u:5`).
@@ -384,19 +389,34 @@ impl TestApp {
 }
 
 /// A `redis-server` of the test's own on a free port, to pause or kill
-/// without touching the shared one; killed on drop.
+/// without touching the shared one; killed on drop (and its folder removed).
 pub struct PrivateRedis {
     /// Its port.
     pub port: u16,
     child: std::process::Child,
+    /// Where a persistent one keeps its snapshot (kept across `restart`).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl PrivateRedis {
-    /// Starts it and waits until it answers.
+    /// Starts one that keeps nothing on disk and waits until it answers.
     pub async fn start() -> Self {
+        Self::start_in(None).await
+    }
+
+    /// Starts one that keeps its snapshot (`SAVE`) in a folder of its own,
+    /// which a restarted server loads, as a real one restarting from its
+    /// last snapshot would.
+    pub async fn persistent() -> Self {
+        let dir = std::env::temp_dir().join(unique("cs_redis_"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self::start_in(Some(dir)).await
+    }
+
+    async fn start_in(dir: Option<std::path::PathBuf>) -> Self {
         let port = free_port();
-        let child = spawn_redis(port);
-        let redis = Self { port, child };
+        let child = spawn_redis(port, dir.as_deref());
+        let redis = Self { port, child, dir };
         for _ in 0..100 {
             if redis.command(&["PING"]).await.is_ok() {
                 return redis;
@@ -404,6 +424,18 @@ impl PrivateRedis {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         panic!("private redis-server on port {port} did not answer");
+    }
+
+    /// A field of `INFO` (e.g. `run_id`), while it answers.
+    pub async fn info_field(&self, field: &str) -> Option<String> {
+        let text = match self.command(&["INFO"]).await {
+            Ok(redis::Value::BulkString(bytes)) => String::from_utf8(bytes).ok()?,
+            Ok(redis::Value::VerbatimString { text, .. }) => text,
+            _ => return None,
+        };
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{field}:")))
+            .map(|v| v.trim().to_owned())
     }
 
     /// Its URL.
@@ -436,22 +468,33 @@ impl Drop for PrivateRedis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
-/// A `redis-server` on `port` that keeps nothing on disk.
-fn spawn_redis(port: u16) -> std::process::Child {
-    std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+/// A `redis-server` on `port` that saves nothing by itself; with `dir`, an
+/// explicit `SAVE` writes its snapshot there and a start loads it.
+fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> std::process::Child {
+    let mut command = std::process::Command::new("redis-server");
+    command.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]);
+    if let Some(dir) = dir {
+        command
+            .arg("--dir")
+            .arg(dir)
+            .args(["--dbfilename", "snapshot.rdb"]);
+    }
+    command
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server is installed (scripts/services.sh installs it)")
@@ -563,10 +606,11 @@ impl PrivateRedis {
         let _ = self.child.wait();
     }
 
-    /// Starts a new server on the same port (empty: it keeps nothing).
+    /// Starts a new server on the same port: empty, or for a persistent
+    /// one with the last snapshot's data.
     pub async fn restart(&mut self) {
         self.kill();
-        self.child = spawn_redis(self.port);
+        self.child = spawn_redis(self.port, self.dir.as_deref());
         for _ in 0..100 {
             if self.command(&["PING"]).await.is_ok() {
                 return;

@@ -1,0 +1,74 @@
+//! Which Redis server (and which replication history) the cache talks to.
+//! Replication is asynchronous: a failover to a replica that had not caught
+//! up, or a restart from an older snapshot, loses writes Redis had
+//! acknowledged. Both show as a new identity: `run_id` changes with every
+//! server process, `master_replid` with every promotion or full resync.
+
+use super::{Cache, CacheError};
+
+/// A Redis server's identity: its process and its replication history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerIdentity {
+    /// `run_id` of `INFO server`: new for every server process.
+    pub run_id: String,
+    /// `master_replid` of `INFO replication`: new when a replica is promoted
+    /// or a server resyncs from another master.
+    pub master_replid: String,
+}
+
+impl Cache {
+    /// The identity of the server behind the cache's connection (two `INFO`
+    /// sections in one round trip, under the connection's timeouts; not
+    /// through the breaker: not for the request path). `Ok(None)` when the
+    /// server does not report them (a proxy that hides `INFO`).
+    pub async fn identity(&self) -> Result<Option<ServerIdentity>, CacheError> {
+        let (server, replication): (String, String) = redis::pipe()
+            .cmd("INFO")
+            .arg("server")
+            .cmd("INFO")
+            .arg("replication")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(parse(&server, &replication))
+    }
+}
+
+/// The identity in `INFO server` and `INFO replication` texts.
+fn parse(server: &str, replication: &str) -> Option<ServerIdentity> {
+    let field = |text: &str, name: &str| {
+        text.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            (key == name && !value.trim().is_empty()).then(|| value.trim().to_owned())
+        })
+    };
+    Some(ServerIdentity {
+        run_id: field(server, "run_id")?,
+        master_replid: field(replication, "master_replid")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_read_from_both_sections() {
+        let server = "# Server\r\nredis_version:7.0.15\r\nrun_id:4f1c\r\ntcp_port:6379\r\n";
+        let replication =
+            "# Replication\r\nrole:master\r\nmaster_replid:9ab0\r\nmaster_replid2:0000\r\n";
+        assert_eq!(
+            parse(server, replication),
+            Some(ServerIdentity {
+                run_id: "4f1c".into(),
+                master_replid: "9ab0".into(),
+            })
+        );
+    }
+
+    #[test]
+    fn a_server_that_hides_either_field_has_no_identity() {
+        assert_eq!(parse("run_id:4f1c\r\n", "role:master\r\n"), None);
+        assert_eq!(parse("redis_version:7\r\n", "master_replid:9ab0\r\n"), None);
+        assert_eq!(parse("run_id:\r\n", "master_replid:9ab0\r\n"), None);
+    }
+}
