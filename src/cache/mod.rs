@@ -217,6 +217,18 @@ impl Cache {
         }
     }
 
+    /// Asks Redis (one `PING`, within the request-path timeout) whether it
+    /// is back; if so the breaker closes at once. For background work that
+    /// must not wait out a breaker period.
+    pub async fn probe(&self) -> bool {
+        let up = self.ping(self.timeout).await;
+        if up {
+            self.open_until_ms.store(0, Ordering::Relaxed);
+            self.tripped.store(false, Ordering::Release);
+        }
+        up
+    }
+
     /// Whether Redis answers `PING` within `timeout`. Bypasses the breaker:
     /// readiness wants the truth, not the request path's shortcut.
     pub async fn ping(&self, timeout: Duration) -> bool {

@@ -346,7 +346,10 @@ impl Hooks {
     /// first Redis failure: the rows are queued already, and the rest would
     /// only cost MySQL a read each for nothing; an outage is not an attempt.
     pub async fn sweep(&self, min_age: Duration, limit: i64) -> Result<Swept, HookError> {
-        if self.cache.breaker_open() {
+        // The breaker keeps requests off a failing Redis; the sweeper asks
+        // Redis itself (one PING), so that queued refreshes land as soon as
+        // Redis answers again, not a breaker period later.
+        if self.cache.breaker_open() && !self.cache.probe().await {
             return Ok(Swept::default());
         }
         let ms = u64::try_from(min_age.as_millis()).unwrap_or(u64::MAX);
@@ -549,11 +552,11 @@ const PURGE_LIMIT: i64 = 10_000;
 /// overdue ([`Hooks::sweep`]) and samples the queue for the metrics. Errors
 /// are logged and retried next round.
 pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duration) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut watch = ServerWatch::default();
+    // Rows younger than this belong to refreshes still running (a double
+    // refresh would be harmless, only wasted).
+    let min_age = every.min(IN_FLIGHT);
     loop {
-        ticker.tick().await;
         if let Err(e) = hooks.watch_server(&mut watch, replay_window).await {
             tracing::warn!(error = %e, "replay after a redis change postponed");
         }
@@ -563,16 +566,19 @@ pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duratio
         // A full round means more may be due (a backlog, a replay): go on
         // at once rather than one round per tick.
         let mut landed = 0;
+        let mut cut_short = false;
         for _ in 0..MAX_ROUNDS_PER_TICK {
-            match hooks.sweep(every, ROUND_LIMIT).await {
+            match hooks.sweep(min_age, ROUND_LIMIT).await {
                 Ok(swept) => {
                     landed += swept.landed;
+                    cut_short = !swept.complete;
                     if swept.taken < ROUND_LIMIT as u64 || !swept.complete {
                         break;
                     }
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "refresh sweep skipped");
+                    cut_short = true;
                     break;
                 }
             }
@@ -583,8 +589,24 @@ pub async fn sweep_forever(hooks: Hooks, every: Duration, replay_window: Duratio
         if let Err(e) = hooks.sample_queue().await {
             tracing::debug!(error = %e, "refresh queue not sampled");
         }
+        // While a dependency keeps refreshes from landing, look again soon:
+        // what is queued must land as soon as it is back (one PING or one
+        // query per look).
+        let pause = if cut_short {
+            every.min(RECOVERY_POLL)
+        } else {
+            every
+        };
+        tokio::time::sleep(pause).await;
     }
 }
+
+/// How often the sweeper looks while Redis or MySQL keeps refreshes from
+/// landing.
+const RECOVERY_POLL: Duration = Duration::from_millis(200);
+
+/// How young a queued row may be and still belong to a refresh under way.
+const IN_FLIGHT: Duration = Duration::from_millis(250);
 
 /// Due rows one sweep round takes at most.
 const ROUND_LIMIT: i64 = 1000;
