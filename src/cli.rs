@@ -244,7 +244,7 @@ async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyho
         summary.max_degree.0, summary.max_degree.1, summary.median_degree
     );
     // Fresh rows start again at version 1: entries cached from an earlier
-    // graph would win every only-if-newer comparison, so they must go.
+    // graph would stay in place (a newer version wins), so they must go.
     let cache = Cache::from_settings(settings).map_err(anyhow::Error::msg)?;
     match cache.purge().await {
         Ok(n) => println!("cache: removed {n} entries under {}", settings.cache.redis_prefix),
@@ -316,7 +316,7 @@ async fn warm_cache(
     reporter.abort();
     let summary = result.map_err(anyhow::Error::msg)?;
     println!(
-        "warm: {} pairs and {} users read, {} written, {} skipped (not newer), {} errors, \
+        "warm: {} pairs and {} users read, {} written, {} skipped (already cached), {} errors, \
          in {:.1}s ({:.0} entries/s){}",
         summary.pairs,
         summary.users,

@@ -113,7 +113,7 @@ pub struct Settings {
     #[serde(deserialize_with = "nonzero_u64")]
     pub metrics_upkeep_ms: NonZeroU64,
     /// `CONNSTATUS_REFRESH_RETRY_MS`: how often queued cache refreshes are
-    /// retried (and how old one must be to be retried).
+    /// looked at (and retried).
     #[serde(deserialize_with = "nonzero_u64")]
     pub refresh_retry_ms: NonZeroU64,
     /// `CONNSTATUS_REPLAY_WINDOW_SECONDS`: how long landed cache refreshes

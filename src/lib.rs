@@ -13,7 +13,7 @@
 //!   mechanism (exported as [`hooks`]), warming, health. The only layer that
 //!   sees both `db` and `cache`.
 //! - [`db`]: MySQL through Diesel (pool, migrations, queries, the outbox).
-//! - [`cache`]: Redis (keys, value codec, lookups, only-if-newer writes).
+//! - [`cache`]: Redis (keys, value codec, lookups, leased writes).
 //! - [`auth`], [`config`], [`events`]: JWTs, settings, webhook events.
 //! - [`domain`]: ids, pairs, relations, versions, the transition table. Pure.
 //!

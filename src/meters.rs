@@ -12,7 +12,7 @@
 //! | `connstatus_http_shed_total` | | requests refused with 429 (in-flight cap) |
 //! | `connstatus_http_inflight` | | requests in flight now |
 //! | `connstatus_cache_lookups_total` | `result` = hit, miss, error | request-path cache reads, per entry asked |
-//! | `connstatus_cache_fills_total` | `result` = written, refused, error | fills (refused: Redis held the same or newer, or for a reader's fill any value) |
+//! | `connstatus_cache_fills_total` | `result` = written, refused, error | leased fills (refused: the lease was taken over by a later refresh, or lost) and the warm job's writes (refused: the same or newer was there) |
 //! | `connstatus_cache_single_flight_joined_total` | | misses that shared another request's MySQL read |
 //! | `connstatus_cache_refresh_queued_total` | | refreshes queued because Redis did not answer |
 //! | `connstatus_refresh_queue_depth` | | refreshes pending in the queue (all instances'; sampled by the sweeper) |

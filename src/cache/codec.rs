@@ -1,8 +1,8 @@
 //! Cache keys and values: compact ASCII, decoded without allocating.
 //!
-//! A value is `<version>:<code>`. The version comes first so that the fill
-//! script (see `fill.lua`) can compare it without knowing the rest; the code is
-//! one byte:
+//! A value is `<version>:<code>`. The version comes first so that the warm
+//! job's script (see `upgrade.lua`) can compare it without knowing the rest;
+//! the code is one byte:
 //!
 //! | entry | code | meaning |
 //! |---|---|---|
@@ -15,7 +15,8 @@
 //!
 //! Version 0 stands for "no row in MySQL": any real row (version >= 1) is
 //! newer, so a cached "not found" or "no relation" gives way to the first
-//! write without special cases.
+//! write without special cases. A key may also hold a lease, `~<token>`,
+//! possibly followed by the entry it stands in front of (see `write.rs`).
 
 use crate::domain::{Pair, Presence, Relation, Side, Subject, UserId, Versioned};
 

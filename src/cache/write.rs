@@ -47,6 +47,10 @@ impl Lease {
     }
 }
 
+/// Leases settled per script call (a long script would hold Redis, which
+/// runs one at a time).
+const FILLS_PER_CALL: usize = 500;
+
 /// A refresh's lease (see `lease.lua`).
 pub(super) const LEASE_SCRIPT: &str = include_str!("lease.lua");
 
@@ -176,17 +180,19 @@ impl Cache {
         // (and a miss already costs a MySQL read, next to which this is
         // nothing).
         pipe.load_script(&self.fill_script).ignore();
-        for (lease, entry) in fills {
+        for chunk in fills.chunks(FILLS_PER_CALL) {
             let mut invocation = self.fill_script.prepare_invoke();
-            invocation.key(&lease.key).arg(&lease.token);
-            match entry {
-                Some(entry) => {
-                    let (_, value) = self.key_value(entry);
-                    invocation.arg(value).arg(self.ttl_of(entry));
-                }
-                // Given back: the entry behind the lease, if any, stays.
-                None => {
-                    invocation.arg("").arg(self.ttl_with_jitter());
+            for (lease, entry) in chunk {
+                invocation.key(&lease.key).arg(&lease.token);
+                match entry {
+                    Some(entry) => {
+                        let (_, value) = self.key_value(entry);
+                        invocation.arg(value).arg(self.ttl_of(entry));
+                    }
+                    // Given back: the entry behind the lease, if any, stays.
+                    None => {
+                        invocation.arg("").arg(self.ttl_with_jitter());
+                    }
                 }
             }
             pipe.invoke_script(&invocation);

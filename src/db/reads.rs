@@ -28,14 +28,8 @@ pub async fn snapshot(
     pair: Option<Pair>,
 ) -> QueryResult<Snapshot> {
     let Some(pair) = pair else {
-        let row: Option<(u64, bool)> = users::table
-            .filter(users::id.eq(target.get()))
-            .select((users::version, users::deleted_at.is_null()))
-            .first(conn)
-            .await
-            .optional()?;
         return Ok(Snapshot {
-            user: presence(row),
+            user: user(conn, target).await?,
             pair: None,
         });
     };
@@ -54,12 +48,16 @@ pub async fn snapshot(
         .await
         .optional()?;
     let (user, pair_row) = match row {
-        Some((user, pair_row)) => (Some(user), pair_row),
-        // No user row: the pair cannot have one either (foreign keys).
-        None => (None, None),
+        Some((user, pair_row)) => (presence(Some(user)), pair_row),
+        // No user row (a miss on a missing user, rare): the pair cannot have
+        // one either (foreign keys); the user may have a tombstone.
+        None => {
+            let tombstone = tombstones(conn, &[target.get()]).await?;
+            (gone(tombstone.get(&target.get()).copied()), None)
+        }
     };
     Ok(Snapshot {
-        user: presence(user),
+        user,
         pair: Some(relation(pair, pair_row)),
     })
 }
@@ -147,16 +145,34 @@ pub async fn user(
     if row.is_some() {
         return Ok(presence(row));
     }
-    let tombstone: Option<u64> = user_tombstones::table
-        .find(user.get())
-        .select(user_tombstones::version)
-        .first(conn)
-        .await
-        .optional()?;
-    Ok(Versioned {
+    let tombstone = tombstones(conn, &[user.get()]).await?;
+    Ok(gone(tombstone.get(&user.get()).copied()))
+}
+
+/// The tombstone versions of users that have no row (see the tombstone
+/// migration), by id; ids never deleted are absent.
+async fn tombstones(
+    conn: &mut AsyncMysqlConnection,
+    ids: &[u64],
+) -> QueryResult<std::collections::HashMap<u64, u64>> {
+    if ids.is_empty() {
+        return Ok(std::collections::HashMap::new());
+    }
+    let rows: Vec<(u64, u64)> = user_tombstones::table
+        .filter(user_tombstones::id.eq_any(ids))
+        .select((user_tombstones::id, user_tombstones::version))
+        .load(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// A user with no row: gone, at its tombstone's version if it had a row
+/// once (so that no copy of an older "exists" can win over it), else at 0.
+fn gone(tombstone: Option<u64>) -> Versioned<Presence> {
+    Versioned {
         version: tombstone.unwrap_or(0),
         value: Presence::Gone,
-    })
+    }
 }
 
 /// Every pair row of `user`, on either side, with its relation.
@@ -248,11 +264,20 @@ pub async fn snapshots(
     .load(conn)
     .await?;
     let rows: std::collections::HashMap<u64, Row> = rows.into_iter().map(|r| (r.id, r)).collect();
+    let missing: Vec<u64> = targets
+        .iter()
+        .map(|t| t.get())
+        .filter(|id| !rows.contains_key(id))
+        .collect();
+    let tombstones = tombstones(conn, &missing).await?;
     Ok(targets
         .iter()
         .map(|&target| {
             let row = rows.get(&target.get());
-            let user = presence(row.map(|r| (r.version, r.active)));
+            let user = match row {
+                Some(r) => presence(Some((r.version, r.active))),
+                None => gone(tombstones.get(&target.get()).copied()),
+            };
             let pair = Pair::new(viewer, target).map(|pair| {
                 let stored = row
                     .and_then(|r| Some((r.state?, r.requested_by, r.rejected?, r.pair_version?)));
@@ -333,6 +358,12 @@ pub async fn entries(
             user_rows.insert(id, (version, active));
         }
     }
+    let missing: Vec<u64> = users
+        .iter()
+        .copied()
+        .filter(|id| !user_rows.contains_key(id))
+        .collect();
+    let tombstones = tombstones(conn, &missing).await?;
     Ok(subjects
         .iter()
         .map(|&subject| match subject {
@@ -340,7 +371,13 @@ pub async fn entries(
                 p,
                 relation(p, pair_rows.get(&(p.low().get(), p.high().get())).copied()),
             ),
-            Subject::User(u) => Entry::User(u, presence(user_rows.get(&u.get()).copied())),
+            Subject::User(u) => Entry::User(
+                u,
+                match user_rows.get(&u.get()) {
+                    Some(&row) => presence(Some(row)),
+                    None => gone(tombstones.get(&u.get()).copied()),
+                },
+            ),
         })
         .collect())
 }

@@ -2,12 +2,12 @@
 //! how anything that changed MySQL tells connstatus (see
 //! `docs/api.md#events` and `docs/consistency.md`).
 //!
-//! A hook is a notice, not a command: it re-reads the pair or user from MySQL
-//! and writes the cache only if what it read is newer than what the cache
-//! holds — the same atomic step as every fill. So hooks can be called late,
-//! twice, or out of order, and a slow reader can never put an older state
-//! back. Connection mutations, the `POST /internal/v1/events` endpoint and
-//! the cache-warming job all end here.
+//! A hook is a notice, not a command: it takes a lease on the key, re-reads
+//! the pair or user from MySQL, and fills the cache only while its lease is
+//! still there (see [`Hooks::refresh`]). So hooks can be called late, twice,
+//! or out of order, and a slow reader or refresh can never put an older
+//! state back. Connection mutations, the `POST /internal/v1/events`
+//! endpoint, the queue's sweeper and the replay all end here.
 //!
 //! When Redis cannot be written, the refresh is recorded in MySQL's
 //! `cache_refresh_queue` and retried by every running instance
@@ -60,7 +60,8 @@ use crate::meters;
 pub struct Refreshed {
     /// Entries read from MySQL.
     pub read: u64,
-    /// Entries written to Redis (the others were not newer).
+    /// Entries written to Redis (the others' leases were taken over by a
+    /// later refresh, or lost).
     pub written: u64,
     /// Entries Redis could not take now, queued for retry (for
     /// [`Hooks::subjects_changed`]: also those MySQL did not answer for,
@@ -302,7 +303,10 @@ impl Hooks {
         match outcome {
             Ok(written) => {
                 meters::cache_fills(written, n);
-                if dequeue {
+                // A fill refused (its lease was taken over by a later
+                // refresh, or lost) leaves its row pending: the later
+                // refresh may yet give up, and then the sweep must come.
+                if dequeue && written == n {
                     self.db
                         .query(async |conn| {
                             for &(subject, version) in &subjects {

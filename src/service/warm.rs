@@ -2,11 +2,13 @@
 //! /internal/v1/cache/warm`; see `docs/operations.md#commands`).
 //!
 //! Streams rows from MySQL in chunks by keyset pagination (never OFFSET),
-//! and writes each chunk to Redis as one pipeline of only-if-newer script
-//! calls — the same step as every other fill — on pooled connections
-//! (`deadpool-redis`), a few chunks in flight at once. So it can run beside
-//! live traffic, be interrupted, and be run again: an entry that changed in
-//! MySQL after the scan read it is never overwritten with the older value.
+//! and writes each chunk to Redis in one pipeline on pooled connections
+//! (`deadpool-redis`), a few chunks in flight at once: over older values at
+//! once, into empty keys only under leases after a second read (see
+//! [`Cache::upgrade_with`]). So it can run beside live traffic, be
+//! interrupted, and be run again: an entry that changed in MySQL after the
+//! scan read it is never overwritten with the older value, even when the
+//! newer entry was evicted meanwhile.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -65,7 +67,7 @@ pub struct Progress {
     pub users: AtomicU64,
     /// Entries written.
     pub written: AtomicU64,
-    /// Entries not newer.
+    /// Entries left alone: already cached as new, or being filled.
     pub skipped: AtomicU64,
     /// Entries that failed.
     pub errors: AtomicU64,

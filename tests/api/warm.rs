@@ -27,6 +27,25 @@ fn warm(store: &Isolated, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A warm job over `app`'s database and keys.
+fn warmer_for(app: &crate::helpers::TestApp) -> Warmer {
+    let client = redis::Client::open(redis_url()).expect("url");
+    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
+    let redis = Warmer::redis_pool(&secrecy::SecretString::from(redis_url()), 2).expect("pool");
+    let pool = db::pool(
+        &secrecy::SecretString::from(app.store.database_url.clone()),
+        2,
+        std::time::Duration::from_secs(5),
+    )
+    .expect("pool");
+    Warmer::new(
+        cache,
+        redis,
+        db::Db::new(pool, std::time::Duration::from_secs(5)),
+        Tuning::default(),
+    )
+}
+
 async fn arrange(store: &Isolated) {
     store
         .sql("INSERT INTO users (id) VALUES (1), (2), (3), (4), (5), (50)")
@@ -142,21 +161,7 @@ async fn scanned_then_changed(evict: bool) {
     }
 
     // Act: the job writes what it scanned.
-    let client = redis::Client::open(redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
-    let redis = Warmer::redis_pool(&secrecy::SecretString::from(redis_url()), 2).expect("pool");
-    let pool = db::pool(
-        &secrecy::SecretString::from(app.store.database_url.clone()),
-        2,
-        std::time::Duration::from_secs(5),
-    )
-    .expect("pool");
-    let warmer = Warmer::new(
-        cache,
-        redis,
-        db::Db::new(pool, std::time::Duration::from_secs(5)),
-        Tuning::default(),
-    );
+    let warmer = warmer_for(&app);
     let chunk: Vec<Entry> = scanned
         .iter()
         .map(|&(pair, v)| Entry::Pair(pair, v))
@@ -219,4 +224,34 @@ async fn the_admin_warm_endpoint_answers_with_the_summary() {
         .await
         .expect("request");
     assert_eq!(anonymous.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_for_good_after_the_scan_is_not_brought_back_by_the_warm() {
+    // Arrange: the job's scan has read user 5 (exists); then the row is
+    // deleted for good and the event sent; the entry is evicted, and a read
+    // of user 5 misses and fills what it finds.
+    let app = spawn_app().await;
+    arrange(&app.store).await;
+    let mut conn = app.store.connection().await;
+    let scanned = reads::user(&mut conn, UserId::new(5).expect("id"))
+        .await
+        .expect("scan");
+    app.store.sql("DELETE FROM users WHERE id = 5").await;
+    let deleted = json!({"type": "user.deleted", "data": {"user": {"id": 5}}});
+    assert_eq!(app.events(&deleted).await.status(), 200);
+    let mut redis = app.store.redis().await;
+    let _: () = redis::AsyncCommands::del(&mut redis, format!("{}u:5", app.store.prefix))
+        .await
+        .expect("DEL");
+    assert_eq!(app.status_of(1, "5").await.status(), 404);
+
+    // Act: the job writes what it scanned.
+    let chunk = [Entry::User(UserId::new(5).expect("id"), scanned)];
+    warmer_for(&app)
+        .write_chunk(&chunk, &Progress::default())
+        .await;
+
+    // Assert: still not found.
+    assert_eq!(app.status_of(1, "5").await.status(), 404);
 }
