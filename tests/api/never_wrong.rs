@@ -3,7 +3,32 @@
 
 use serde_json::json;
 
-use crate::helpers::{another_instance, spawn_app, HoldingProxy};
+use crate::helpers::{another_instance, mysql_server, spawn_app, HoldingProxy, TestApp};
+
+/// Instance A, over `b`'s database and keys, reaching MySQL through a proxy
+/// that can hold its replies back, with one pooled connection.
+async fn behind_a_proxy(b: &TestApp) -> (TestApp, HoldingProxy) {
+    let server = mysql_server();
+    let upstream = server.rsplit('@').next().unwrap_or(&server);
+    let proxy = HoldingProxy::start(upstream).await;
+    // (mysql_async would otherwise switch to MariaDB's Unix socket, around
+    // the proxy.)
+    let proxied = format!(
+        "{}?prefer_socket=false",
+        b.store
+            .database_url
+            .replace(upstream, &format!("127.0.0.1:{}", proxy.port))
+    );
+    let a = another_instance(
+        b,
+        &[
+            ("database_url", json!(proxied)),
+            ("mysql_pool_size", json!(1)),
+        ],
+    )
+    .await;
+    (a, proxy)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_fill_never_lands_after_a_newer_entry_was_evicted() {
@@ -11,23 +36,7 @@ async fn a_late_fill_never_lands_after_a_newer_entry_was_evicted() {
     // database and keys, through a proxy that can hold MySQL's replies back.
     let b = spawn_app().await;
     b.users(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]).await;
-    let proxy = HoldingProxy::start("127.0.0.1:3306").await;
-    // (mysql_async would otherwise switch to MariaDB's Unix socket, around
-    // the proxy.)
-    let proxied = format!(
-        "{}?prefer_socket=false",
-        b.store
-            .database_url
-            .replace("127.0.0.1:3306", &format!("127.0.0.1:{}", proxy.port))
-    );
-    let a = another_instance(
-        &b,
-        &[
-            ("database_url", json!(proxied)),
-            ("mysql_pool_size", json!(1)),
-        ],
-    )
-    .await;
+    let (a, proxy) = behind_a_proxy(&b).await;
     // A's one pooled connection is made now, not while replies are held.
     assert_eq!(a.status(10, 9).await, None);
 
@@ -147,21 +156,8 @@ async fn a_late_refresh_never_lands_after_a_newer_entry_was_evicted() {
     // can hold replies; B directly.
     let b = spawn_app().await;
     b.users(&[1, 2, 3, 4]).await;
-    let proxy = HoldingProxy::start("127.0.0.1:3306").await;
-    let proxied = format!(
-        "{}?prefer_socket=false",
-        b.store
-            .database_url
-            .replace("127.0.0.1:3306", &format!("127.0.0.1:{}", proxy.port))
-    );
-    let a = another_instance(
-        &b,
-        &[
-            ("database_url", json!(proxied)),
-            ("mysql_pool_size", json!(1)),
-        ],
-    )
-    .await;
+    let (a, proxy) = behind_a_proxy(&b).await;
+    // A's one pooled connection is made now, not while replies are held.
     assert_eq!(a.status(4, 3).await, None);
 
     for other in 2..=3u64 {
