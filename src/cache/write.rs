@@ -175,27 +175,37 @@ impl Cache {
         if fills.is_empty() {
             return Ok(0);
         }
-        let mut pipe = redis::pipe();
-        // Loaded with the fills: Redis may have restarted since the last
-        // (and a miss already costs a MySQL read, next to which this is
-        // nothing).
-        pipe.load_script(&self.fill_script).ignore();
-        for chunk in fills.chunks(FILLS_PER_CALL) {
-            let mut invocation = self.fill_script.prepare_invoke();
-            for (lease, entry) in chunk {
-                invocation.key(&lease.key).arg(&lease.token);
-                match entry {
-                    Some(entry) => {
-                        let (_, value) = self.key_value(entry);
-                        invocation.arg(value).arg(self.ttl_of(entry));
-                    }
-                    // Given back: the entry behind the lease, if any, stays.
-                    None => {
-                        invocation.arg("").arg(self.ttl_with_jitter());
+        let invocations: Vec<redis::ScriptInvocation<'_>> = fills
+            .chunks(FILLS_PER_CALL)
+            .map(|chunk| {
+                let mut invocation = self.fill_script.prepare_invoke();
+                for (lease, entry) in chunk {
+                    invocation.key(&lease.key).arg(&lease.token);
+                    match entry {
+                        Some(entry) => {
+                            let (_, value) = self.key_value(entry);
+                            invocation.arg(value).arg(self.ttl_of(entry));
+                        }
+                        // Given back: the entry behind the lease, if any, stays.
+                        None => {
+                            invocation.arg("").arg(self.ttl_with_jitter());
+                        }
                     }
                 }
-            }
-            pipe.invoke_script(&invocation);
+                invocation
+            })
+            .collect();
+        if let [one] = invocations.as_slice() {
+            // A miss's fill: `EVALSHA`, loading the script only when Redis
+            // does not know it (a restart, SCRIPT FLUSH).
+            return one.invoke_async(conn).await;
+        }
+        // A pipeline does not load a script Redis lacks: load it first (one
+        // hash per pipeline of thousands of fills).
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.fill_script).ignore();
+        for invocation in &invocations {
+            pipe.invoke_script(invocation);
         }
         let landed: Vec<u64> = pipe.query_async(conn).await?;
         Ok(landed.iter().sum())

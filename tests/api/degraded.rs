@@ -53,7 +53,7 @@ async fn a_blackholed_redis_costs_each_request_at_most_the_redis_timeout() {
     let (addr, _fillers, _listener) = blackhole().await;
     let app = spawn_app_with(&[
         ("redis_url", json!(format!("redis://{addr}"))),
-        ("redis_timeout_ms", json!(250)),
+        ("redis_timeout_ms", json!(500)),
         ("redis_breaker_ms", json!(200)),
     ])
     .await;
@@ -74,8 +74,8 @@ async fn a_blackholed_redis_costs_each_request_at_most_the_redis_timeout() {
 
     // Assert: right answers, none held much beyond one Redis timeout.
     assert!(
-        slowest < Duration::from_millis(450),
-        "the slowest request took {slowest:?} (Redis timeout 250 ms)"
+        slowest < Duration::from_millis(900),
+        "the slowest request took {slowest:?} (Redis timeout 500 ms)"
     );
 }
 
@@ -119,7 +119,10 @@ async fn after_the_breaker_one_probe_goes_first_while_the_others_skip_redis() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_readiness_probes_takes_almost_no_mysql_connections() {
-    let app = spawn_app_with(&[]).await;
+    // The queue's sweeper also takes connections: once at start, then not
+    // again within the test.
+    let app = spawn_app_with(&[("refresh_retry_ms", json!(60_000))]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let checkouts = async || {
         metric(
             &metrics_text(&app).await,
@@ -127,6 +130,7 @@ async fn a_flood_of_readiness_probes_takes_almost_no_mysql_connections() {
         )
     };
     let before = checkouts().await;
+    let started = Instant::now();
     let probes: Vec<_> = (0..200)
         .map(|_| {
             let client = app.client.clone();
@@ -137,6 +141,12 @@ async fn a_flood_of_readiness_probes_takes_almost_no_mysql_connections() {
     for probe in probes {
         assert_eq!(probe.await.expect("probe"), 200);
     }
+    let seconds = started.elapsed().as_secs();
     let taken = checkouts().await - before;
-    assert!(taken <= 4, "200 probes took {taken} MySQL connections");
+    // One check a second (the public listener has one worker here), however
+    // long a loaded machine takes to answer the flood.
+    assert!(
+        taken <= seconds + 1,
+        "200 probes in {seconds} s took {taken} MySQL connections"
+    );
 }
