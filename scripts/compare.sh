@@ -13,18 +13,13 @@ rounds=${2:-3}
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379 CONNSTATUS_REDIS_PREFIX=bench:1: RUST_LOG=warn
 export CONNSTATUS_MIGRATE_ON_START=false
-floors=$(cargo build --release --locked --bins --bench floors --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floors" and m.get("executable"):
-        print(m["executable"])')
+source scripts/services.sh
+floors=$(cs_release_build)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 CONNSTATUS_BIND=127.0.0.1:18190 CONNSTATUS_ADMIN_BIND=127.0.0.1:18191 "$baseline" serve & pids+=($!)
 CONNSTATUS_BIND=127.0.0.1:18192 CONNSTATUS_ADMIN_BIND=127.0.0.1:18193 target/release/connstatus serve & pids+=($!)
 FLOOR_KEY="bench:1:p:1:{id}" "$floors" h 127.0.0.1:18194 & pids+=($!)
-source scripts/services.sh
 for url in http://127.0.0.1:18190/readyz http://127.0.0.1:18192/readyz http://127.0.0.1:18194/floor/2; do
   cs_wait_until 30 "$url" curl -sf "$url" || exit 1
 done

@@ -50,14 +50,7 @@ export CONNSTATUS_REDIS_PREFIX=bench:1:
 export RUST_LOG=warn
 APP=127.0.0.1:18180 FLOOR_H=127.0.0.1:18181 FLOOR_M=127.0.0.1:18182
 
-# One build for the service and the floors (a separate `cargo build` and
-# `cargo bench` would unify features differently and build everything twice).
-floors=$(cargo build --release --locked --bins --bench floors --message-format=json 2>/dev/null |
-  python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floors" and m.get("executable"):
-        print(m["executable"])')
+floors=$(cs_release_build)
 bin=target/release/connstatus
 
 "$bin" seed --users "$USERS" --connections "$PAIRS" --seed 42 --reset

@@ -86,3 +86,16 @@ ensure_redis() {
 ensure_tool() {
   command -v "$1" >/dev/null 2>&1 || cs_apt_install "$2"
 }
+
+# cs_release_build: builds the service and the floors (benches/floors.rs) in
+# release, in one cargo call (a separate `cargo build` and `cargo bench` would
+# unify features differently and build everything twice); prints the floors
+# binary's path. The service is target/release/connstatus.
+cs_release_build() {
+  cargo build --release --locked --bins --bench floors --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "floors" and m.get("executable"):
+        print(m["executable"])'
+}

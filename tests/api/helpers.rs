@@ -345,6 +345,15 @@ impl Isolated {
             .expect("count")
     }
 
+    /// Removes a key under this prefix (`p:1:2`, `u:5`), as an eviction
+    /// would.
+    pub async fn evict(&self, key: &str) {
+        let _: () =
+            redis::AsyncCommands::del(&mut self.redis().await, format!("{}{key}", self.prefix))
+                .await
+                .expect("DEL");
+    }
+
     /// The raw cache value of a key under this prefix (`p:1:2`, `u:5`).
     pub async fn cached(&self, key: &str) -> Option<String> {
         use redis::AsyncCommands;

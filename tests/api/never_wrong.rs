@@ -60,11 +60,7 @@ async fn a_late_fill_never_lands_after_a_newer_entry_was_evicted() {
         };
         proxy.until_a_reply_is_held().await;
         assert_eq!(b.act(1, &other.to_string(), "request").await.status(), 200);
-        let key = format!("{}p:1:{other}", b.store.prefix);
-        let mut redis = b.store.redis().await;
-        let _: () = redis::AsyncCommands::del(&mut redis, &key)
-            .await
-            .expect("DEL");
+        b.store.evict(&format!("p:1:{other}")).await;
         proxy.release();
         assert_eq!(reader.await.expect("task"), 200);
 
@@ -184,10 +180,7 @@ async fn a_late_refresh_never_lands_after_a_newer_entry_was_evicted() {
         proxy.until_a_reply_is_held().await;
         assert_eq!(b.act(1, &other.to_string(), "request").await.status(), 200);
         assert_eq!(b.act(other, "1", "accept").await.status(), 200);
-        let mut redis = b.store.redis().await;
-        let _: () = redis::AsyncCommands::del(&mut redis, format!("{}p:1:{other}", b.store.prefix))
-            .await
-            .expect("DEL");
+        b.store.evict(&format!("p:1:{other}")).await;
         proxy.release();
         assert_eq!(refresher.await.expect("task"), 200);
 

@@ -154,10 +154,7 @@ async fn scanned_then_changed(evict: bool) {
     // ...then a mutation commits version 2 of (1, 3) and refreshes.
     assert_eq!(app.act(1, "3", "accept").await.status(), 200);
     if evict {
-        let mut redis = app.store.redis().await;
-        let _: () = redis::AsyncCommands::del(&mut redis, format!("{}p:1:3", app.store.prefix))
-            .await
-            .expect("DEL");
+        app.store.evict("p:1:3").await;
     }
 
     // Act: the job writes what it scanned.
@@ -240,10 +237,7 @@ async fn a_user_deleted_for_good_after_the_scan_is_not_brought_back_by_the_warm(
     app.store.sql("DELETE FROM users WHERE id = 5").await;
     let deleted = json!({"type": "user.deleted", "data": {"user": {"id": 5}}});
     assert_eq!(app.events(&deleted).await.status(), 200);
-    let mut redis = app.store.redis().await;
-    let _: () = redis::AsyncCommands::del(&mut redis, format!("{}u:5", app.store.prefix))
-        .await
-        .expect("DEL");
+    app.store.evict("u:5").await;
     assert_eq!(app.status_of(1, "5").await.status(), 404);
 
     // Act: the job writes what it scanned.
