@@ -1,6 +1,7 @@
 # Sourced by the other scripts: makes sure MariaDB and Redis answer on this
 # machine, as the service and its tests expect them by default:
-#   MariaDB at 127.0.0.1:3306, user root with an empty password;
+#   MariaDB at 127.0.0.1:3306, user root with an empty password, with its
+#   binary log on in ROW format (the binlog follower reads it);
 #   Redis at 127.0.0.1:6379.
 # Each is checked; started if installed and stopped; installed from Debian's
 # packages if missing; then waited for until it answers.
@@ -41,15 +42,10 @@ cs_mysql_socket() { cs_as_root mariadb-admin ping; }
 
 ensure_mariadb() {
   if command -v mariadb >/dev/null 2>&1 && cs_mysql_tcp >/dev/null 2>&1; then
-    cs_log "MariaDB answers on $CS_MYSQL_HOST:$CS_MYSQL_PORT"; return 0
+    cs_log "MariaDB answers on $CS_MYSQL_HOST:$CS_MYSQL_PORT"; ensure_binlog; return
   fi
   if [ ! -x /usr/sbin/mariadbd ]; then cs_apt_install mariadb-server mariadb-client; fi
-  if ! cs_mysql_socket >/dev/null 2>&1; then
-    cs_log "starting MariaDB"
-    cs_as_root install -d -o mysql -g mysql /run/mysqld 2>/dev/null || true
-    cs_as_root service mariadb start >/dev/null 2>&1 ||
-      cs_as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
-  fi
+  if ! cs_mysql_socket >/dev/null 2>&1; then cs_start_mariadb; fi
   cs_wait_until 60 "MariaDB (socket)" cs_mysql_socket || return 1
   if ! cs_mysql_tcp >/dev/null 2>&1; then
     # A fresh Debian install lets root in by unix socket only; the service
@@ -63,6 +59,55 @@ ensure_mariadb() {
   fi
   cs_wait_until 60 "MariaDB (TCP)" cs_mysql_tcp || return 1
   cs_log "MariaDB answers on $CS_MYSQL_HOST:$CS_MYSQL_PORT"
+  ensure_binlog
+}
+
+cs_start_mariadb() {
+  cs_log "starting MariaDB"
+  cs_as_root install -d -o mysql -g mysql /run/mysqld 2>/dev/null || true
+  cs_as_root service mariadb start >/dev/null 2>&1 ||
+    cs_as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+}
+
+cs_binlog_state() {
+  mariadb -h"$CS_MYSQL_HOST" -P"$CS_MYSQL_PORT" -uroot -N -e "SELECT CONCAT(IF(@@log_bin, 1, 0), ' ', @@binlog_format)"
+}
+
+# The binlog follower needs the server's binary log in ROW format. A server
+# without it gets a config file that turns it on (a server id, ROW, three
+# days of retention) and is restarted once.
+CS_BINLOG_CNF=/etc/mysql/mariadb.conf.d/60-connstatus-binlog.cnf
+ensure_binlog() {
+  local state
+  state=$(cs_binlog_state) || return 1
+  if [ "$state" = "1 ROW" ]; then
+    cs_log "MariaDB's binary log is on (ROW)"; return 0
+  fi
+  cs_log "MariaDB's binary log is off or not ROW ($state): turning it on in $CS_BINLOG_CNF and restarting MariaDB once"
+  cs_as_root install -d "$(dirname "$CS_BINLOG_CNF")"
+  printf '%s\n' '# Written by connstatus scripts/services.sh: the binlog follower reads the' \
+    '# binary log in ROW format.' '[mysqld]' 'log_bin = mariadb-bin' 'binlog_format = ROW' \
+    'server_id = 1' 'binlog_expire_logs_seconds = 259200' | cs_as_root tee "$CS_BINLOG_CNF" >/dev/null
+  # Debian's my.cnf includes the folder; a trimmed one may not.
+  local cnf=/etc/mysql/my.cnf
+  if [ -f "$cnf" ] && ! grep -qsE '^!includedir /etc/mysql/mariadb\.conf\.d/?$' "$cnf" "$(readlink -f "$cnf")"; then
+    printf '\n!includedir /etc/mysql/mariadb.conf.d/\n' | cs_as_root tee -a "$cnf" >/dev/null
+  fi
+  cs_as_root mariadb-admin shutdown >/dev/null 2>&1 || cs_as_root service mariadb stop >/dev/null 2>&1 || true
+  cs_wait_until 60 "MariaDB (stopping)" cs_mysql_down || return 1
+  cs_start_mariadb
+  cs_wait_until 60 "MariaDB (TCP)" cs_mysql_tcp || return 1
+  state=$(cs_binlog_state) || return 1
+  if [ "$state" != "1 ROW" ]; then cs_log "MariaDB's binary log is still not on in ROW format ($state)"; return 1; fi
+  cs_log "MariaDB's binary log is on (ROW)"
+}
+
+# Down: no answer on the socket, and the server's process (by its pid file;
+# tests' private servers are other processes) is gone.
+cs_mysql_down() {
+  local pid
+  pid=$(cat /run/mysqld/mysqld.pid 2>/dev/null || true)
+  ! cs_mysql_socket >/dev/null 2>&1 && { [ -z "$pid" ] || ! ps -p "$pid" >/dev/null 2>&1; }
 }
 
 cs_redis_ping() { [ "$(redis-cli -h 127.0.0.1 -p "$CS_REDIS_PORT" ping 2>/dev/null)" = PONG ]; }

@@ -28,6 +28,11 @@ enum Command {
     Serve,
     /// Create the database if missing and apply pending migrations.
     Migrate,
+    /// Follow the binary log and refresh the cache for every committed
+    /// change of users and user_connections, whoever made it (`serve` runs
+    /// this too unless CONNSTATUS_FOLLOW=false). One follower per database
+    /// is active at a time; another stands by. Stops on SIGTERM / SIGINT.
+    Follow,
     /// Insert a deterministic synthetic social graph.
     Seed {
         /// Number of users (ids 1..=N).
@@ -118,6 +123,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(&settings).await,
+        Command::Follow => follow(&settings).await,
         Command::Seed {
             users,
             connections,
@@ -200,7 +206,8 @@ fn token(settings: &Settings, user: UserId, ttl: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// Applies pending migrations, unless CONNSTATUS_MIGRATE_ON_START=false.
+async fn migrate_on_start(settings: &Settings) -> anyhow::Result<()> {
     if settings.migrate_on_start {
         let applied = db::migrate(&settings.database_url)
             .await
@@ -209,6 +216,24 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
             tracing::info!(count = applied.len(), "migrations applied");
         }
     }
+    Ok(())
+}
+
+async fn follow(settings: &Settings) -> anyhow::Result<()> {
+    use crate::service::follow::{Follower, FollowerStatus, State};
+    migrate_on_start(settings).await?;
+    let hooks = crate::hooks::Hooks::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let status = FollowerStatus::new(State::Starting);
+    let follower = Follower::from_settings(settings, hooks, status).map_err(anyhow::Error::msg)?;
+    tokio::select! {
+        () = follower.run_forever() => {}
+        () = crate::startup::wait_for_signal() => tracing::info!("stopped"),
+    }
+    Ok(())
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    migrate_on_start(&settings).await?;
     let app = Application::build(&settings).await?;
     let host = settings.bind_addr().ip();
     tracing::info!("listening on http://{host}:{}", app.port());
@@ -284,26 +309,13 @@ fn read_users_file(path: &std::path::Path) -> anyhow::Result<Vec<UserId>> {
     Ok(users)
 }
 
-/// The most one page of the warming job's scan may take (pages of thousands
-/// of rows; the request path's MySQL timeout is for point selects).
-const WARM_MYSQL_TIMEOUT: Duration = Duration::from_secs(10);
-
 async fn warm_cache(
     settings: &Settings,
     scope: warm::Scope,
     tuning: warm::Tuning,
 ) -> anyhow::Result<()> {
     use std::io::IsTerminal;
-    let cache = Cache::from_settings(settings).map_err(anyhow::Error::msg)?;
-    let redis = warm::Warmer::redis_pool(&settings.redis_url, tuning.concurrency)
-        .map_err(anyhow::Error::msg)?;
-    let pool = db::pool(
-        &settings.database_url,
-        tuning.concurrency + 1,
-        settings.mysql_timeout(),
-    )
-    .map_err(anyhow::Error::msg)?;
-    let warmer = warm::Warmer::new(cache, redis, db::Db::new(pool, WARM_MYSQL_TIMEOUT), tuning);
+    let warmer = warm::Warmer::from_settings(settings, tuning).map_err(anyhow::Error::msg)?;
     let progress = std::sync::Arc::new(warm::Progress::default());
     let reporter = tokio::spawn(report_progress(
         progress.clone(),

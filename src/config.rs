@@ -120,6 +120,19 @@ pub struct Settings {
     /// are kept, to be replayed when Redis turns out to be a different
     /// server (a failover, a restart) that may have lost them.
     pub replay_window_seconds: u64,
+    /// `CONNSTATUS_FOLLOW`: whether `serve` runs the binlog follower (one
+    /// instance per database follows at a time; see
+    /// `docs/consistency.md#the-binary-log`).
+    pub follow: bool,
+    /// `CONNSTATUS_FOLLOW_LAG_WARN_SECONDS`: a follower further behind the
+    /// log's end than this logs a warning and reports `behind` (readiness
+    /// is not failed for it).
+    #[serde(deserialize_with = "nonzero_u64")]
+    pub follow_lag_warn_seconds: NonZeroU64,
+    /// `CONNSTATUS_FOLLOW_SERVER_ID`: the replica server id the follower
+    /// registers with (unique among the server's replicas); 0 picks a
+    /// random one per connection.
+    pub follow_server_id: u32,
 }
 
 /// JWT verification (see `docs/api.md#authentication`).

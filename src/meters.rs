@@ -24,6 +24,17 @@
 //! | `connstatus_mysql_pool_wait_seconds` | | time to check a connection out (histogram) |
 //! | `connstatus_redis_pool_connections` | `state` = open, idle, waiting, max | the batch (warm) Redis pool |
 //! | `connstatus_metrics_upkeep_total` | | runs of the histogram upkeep (see [`upkeep_forever`]) |
+//! | `connstatus_follower_active` | | 1 while this instance's binlog follower holds the lock and follows |
+//! | `connstatus_follower_lag_seconds` | | how far behind the log's end the applied position is, in time (0: caught up) |
+//! | `connstatus_follower_lag_bytes` | | ... in bytes of log |
+//! | `connstatus_follower_lag_events` | | ... in events (counted up to 10 000, in the applied position's file) |
+//! | `connstatus_follower_position_file`, `connstatus_follower_position_offset` | | the applied position (the file name's number, the byte offset) |
+//! | `connstatus_follower_rows_total` | | changed rows of `users`/`user_connections` read from the log |
+//! | `connstatus_follower_refreshed_total` | | cache entries the follower refreshed (distinct per chunk) |
+//! | `connstatus_follower_transactions_total` | | transactions (and statements outside one) read past |
+//! | `connstatus_follower_errors_total` | | follower sessions that ended on an error (then it reconnects) |
+//! | `connstatus_follower_rewarms_total` | | re-warms because the stored position was no longer in the log |
+//! | `connstatus_follower_statement_events_total` | | statement-format changes in the followed database (their rows cannot be refreshed) |
 
 use std::sync::OnceLock;
 
@@ -120,4 +131,44 @@ pub fn refresh_queue(depth: u64, oldest_seconds: f64) {
 /// Counts a failed or timed-out MySQL call.
 pub fn mysql_error() {
     metrics::counter!("connstatus_mysql_errors_total").increment(1);
+}
+
+/// The binlog follower's state and lag, as last sampled.
+pub fn follower_lag(active: bool, seconds: f64, bytes: u64, events: u64) {
+    metrics::gauge!("connstatus_follower_active").set(if active { 1.0 } else { 0.0 });
+    metrics::gauge!("connstatus_follower_lag_seconds").set(seconds);
+    metrics::gauge!("connstatus_follower_lag_bytes").set(bytes as f64);
+    metrics::gauge!("connstatus_follower_lag_events").set(events as f64);
+}
+
+/// The follower's applied position.
+pub fn follower_position(file_number: u64, offset: u64) {
+    metrics::gauge!("connstatus_follower_position_file").set(file_number as f64);
+    metrics::gauge!("connstatus_follower_position_offset").set(offset as f64);
+}
+
+/// Counts what the follower applied: changed rows read, entries refreshed.
+pub fn follower_applied(rows: u64, refreshed: u64) {
+    metrics::counter!("connstatus_follower_rows_total").increment(rows);
+    metrics::counter!("connstatus_follower_refreshed_total").increment(refreshed);
+}
+
+/// Counts transactions the follower read past.
+pub fn follower_transactions(n: u64) {
+    metrics::counter!("connstatus_follower_transactions_total").increment(n);
+}
+
+/// Counts a follower session that ended on an error.
+pub fn follower_error() {
+    metrics::counter!("connstatus_follower_errors_total").increment(1);
+}
+
+/// Counts a re-warm after the stored position was purged.
+pub fn follower_rewarm() {
+    metrics::counter!("connstatus_follower_rewarms_total").increment(1);
+}
+
+/// Counts a statement-format change in the followed database.
+pub fn follower_statement_events() {
+    metrics::counter!("connstatus_follower_statement_events_total").increment(1);
 }

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::db::Db;
 use crate::http::edge::{edge, Inflight, Limits};
 use crate::http::{self, AppState, Worker};
+use crate::service::follow::{self, Follower, FollowerStatus};
 use crate::service::health::Health;
 use crate::service::mutations::Mutations;
 use crate::service::refresh::{self, Hooks};
@@ -45,9 +46,14 @@ impl Application {
             max_batch_ids: settings.max_batch_ids.get(),
             shutting_down: AtomicBool::new(false),
             inflight: Inflight::new(settings.max_inflight.get()),
+            follower: FollowerStatus::new(if settings.follow {
+                follow::State::Starting
+            } else {
+                follow::State::Off
+            }),
         });
         let worker = worker_factory(settings)?;
-        spawn_background(settings, &worker)?;
+        spawn_background(settings, &worker, &state.follower)?;
         let limits = web::Data::new(Limits {
             max_header_bytes: settings.max_header_bytes.get(),
         });
@@ -170,11 +176,22 @@ fn worker_factory(
 
 /// The tasks that run beside the listeners: the refresh-queue sweeper
 /// (retries refreshes that could not reach Redis, replays those a Redis
-/// failover lost) and the metrics upkeep.
+/// failover lost), the binlog follower unless it is off, and the metrics
+/// upkeep.
 fn spawn_background(
     settings: &Settings,
     worker: &impl Fn() -> Result<Worker, String>,
+    follower: &std::sync::Arc<FollowerStatus>,
 ) -> anyhow::Result<()> {
+    if settings.follow {
+        let follower = Follower::from_settings(
+            settings,
+            worker().map_err(anyhow::Error::msg)?.hooks,
+            follower.clone(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        tokio::spawn(follower.run_forever());
+    }
     let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;
     tokio::spawn(refresh::sweep_forever(
         sweeper,
@@ -209,7 +226,8 @@ async fn shutdown_on_signal(
     tokio::join!(public.stop(true), admin.stop(true));
 }
 
-async fn wait_for_signal() {
+/// SIGTERM or SIGINT.
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match (
         signal(SignalKind::terminate()),

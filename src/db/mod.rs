@@ -4,6 +4,7 @@
 //! request ever blocks an actix worker thread on I/O. This layer imports
 //! nothing but the domain: it never sees the cache or HTTP.
 
+pub mod binlog;
 pub mod outbox;
 pub mod reads;
 mod run;

@@ -113,6 +113,29 @@ pub struct Health {
     /// `up` or `down` (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'static str>,
+    /// The binlog follower (readiness only). Informational: a follower
+    /// that is behind or unavailable does not fail readiness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub follower: Option<FollowerHealth>,
+}
+
+/// The binlog follower's part of `/readyz`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FollowerHealth {
+    /// `off`, `starting`, `standby` (another instance follows), `active`,
+    /// `behind` (lag above the warning threshold), `rewarming` or
+    /// `unavailable`.
+    pub state: &'static str,
+    /// How far behind the log's end, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// How far behind, in bytes of log.
+    pub lag_bytes: u64,
+    /// The position applied (`file:offset`), while following.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<String>,
+    /// Why it is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// `POST /internal/v1/events`'s answer.

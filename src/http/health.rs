@@ -7,7 +7,7 @@ use std::time::Duration;
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 
-use super::bodies::Health;
+use super::bodies::{FollowerHealth, Health};
 use super::{endpoint, AppState, Worker};
 
 /// How long a readiness probe waits for each dependency.
@@ -26,6 +26,7 @@ pub async fn healthz() -> HttpResponse {
         status: "ok",
         mysql: None,
         redis: None,
+        follower: None,
     })
 }
 
@@ -49,6 +50,7 @@ pub async fn readyz(state: web::Data<AppState>, worker: web::Data<Worker>) -> Ht
         },
         mysql: Some(up_or_down(up.mysql)),
         redis: Some(up_or_down(up.redis)),
+        follower: Some(follower(&state)),
     };
     if ready {
         HttpResponse::Ok().json(body)
@@ -56,6 +58,17 @@ pub async fn readyz(state: web::Data<AppState>, worker: web::Data<Worker>) -> Ht
         HttpResponse::ServiceUnavailable()
             .insert_header(("Retry-After", "1"))
             .json(body)
+    }
+}
+
+fn follower(state: &AppState) -> FollowerHealth {
+    let report = state.follower.report();
+    FollowerHealth {
+        state: report.state.as_str(),
+        lag_seconds: report.lag_seconds,
+        lag_bytes: report.lag_bytes,
+        position: report.position,
+        detail: report.detail,
     }
 }
 

@@ -48,6 +48,8 @@ pub struct AppState {
     pub shutting_down: AtomicBool,
     /// The public listener's in-flight cap (for the gauge).
     pub inflight: std::sync::Arc<edge::Inflight>,
+    /// The binlog follower's state, for `/readyz`.
+    pub follower: std::sync::Arc<crate::service::follow::FollowerStatus>,
 }
 
 /// What each worker has of its own: the services, sharing one Redis

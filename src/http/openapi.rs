@@ -7,7 +7,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::bodies::{
-    BatchBody, BatchRequest, ConnectionStatus, Detail, Health, IsConnectionBody, StatusBody,
+    BatchBody, BatchRequest, ConnectionStatus, Detail, FollowerHealth, Health, IsConnectionBody,
+    StatusBody,
 };
 
 /// The six actions of `POST /api/v2/user/{id}/connection/{action}/` (path
@@ -65,7 +66,7 @@ impl Modify for BearerAuth {
         super::health::healthz,
         super::health::readyz,
     ),
-    components(schemas(ConnectionStatus, ActionValue, StatusBody, IsConnectionBody, BatchRequest, BatchBody, Detail, Health)),
+    components(schemas(ConnectionStatus, ActionValue, StatusBody, IsConnectionBody, BatchRequest, BatchBody, Detail, Health, FollowerHealth)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

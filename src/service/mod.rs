@@ -3,6 +3,7 @@
 //! `cache`, which never call each other.
 
 pub mod flight;
+pub mod follow;
 pub mod health;
 pub mod mutations;
 pub mod refresh;

@@ -81,6 +81,28 @@ impl std::ops::AddAssign for Refreshed {
 /// (Redis being unavailable is not an error: the refresh is queued.)
 pub type HookError = DbError;
 
+/// What [`Hooks::refresh_unqueued`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Landed {
+    /// Entries written (the others' leases were taken over by a later
+    /// refresh or reader, which reads later still).
+    pub written: u64,
+    /// Subjects MySQL still showed older than asked when the patience ran
+    /// out (refreshed as read).
+    pub unseen: u64,
+}
+
+/// Why [`Hooks::refresh_unqueued`] did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum NotLanded {
+    /// MySQL did not answer the read.
+    #[error("{0}")]
+    Mysql(DbError),
+    /// Redis did not take the leases or the fills.
+    #[error("{0}")]
+    Redis(CacheError),
+}
+
 /// The hook API, over one cache and one MySQL pool.
 #[derive(Clone)]
 pub struct Hooks {
@@ -161,6 +183,91 @@ impl Hooks {
     /// Redis failure it is queued.
     pub async fn refresh(&self, subject: Subject) -> Result<Refreshed, HookError> {
         self.refresh_all(&[subject], true).await
+    }
+
+    /// Refreshes each subject of `wanted` (leases, one read of them all,
+    /// fills) once MySQL shows it at least at its version, and queues
+    /// nothing when it fails: for a caller that keeps its own record of
+    /// what is still to refresh and retries until it lands (the binlog
+    /// follower, whose stored position is that record). A subject still
+    /// older than asked after `patience` is refreshed as read, and counted
+    /// in [`Landed::unseen`]. The leases outlast the patience: keep it
+    /// well below `CONNSTATUS_CACHE_LEASE_MS`.
+    pub async fn refresh_unqueued(
+        &self,
+        wanted: &[(Subject, u64)],
+        patience: Duration,
+    ) -> Result<Landed, NotLanded> {
+        if wanted.is_empty() {
+            return Ok(Landed::default());
+        }
+        let n = wanted.len() as u64;
+        let subjects: Vec<Subject> = wanted.iter().map(|&(s, _)| s).collect();
+        let leases = match self.cache.lease(&subjects, true).await {
+            Ok(leases) => leases,
+            Err(e) => {
+                meters::cache_fill_errors(n);
+                return Err(NotLanded::Redis(e));
+            }
+        };
+        let (entries, unseen) = match self.read_at_least(wanted, patience).await {
+            Ok(read) => read,
+            Err(e) => {
+                let back: Vec<_> = leases.into_iter().flatten().map(|l| (l, None)).collect();
+                let _ = self.cache.fill_leased(&back).await;
+                return Err(NotLanded::Mysql(e));
+            }
+        };
+        let fills: Vec<_> = leases
+            .into_iter()
+            .zip(&entries)
+            .filter_map(|(lease, &entry)| Some((lease?, Some(entry))))
+            .collect();
+        match self.cache.fill_leased(&fills).await {
+            Ok(written) => {
+                meters::cache_fills(written, n);
+                Ok(Landed { written, unseen })
+            }
+            Err(e) => {
+                meters::cache_fill_errors(n);
+                Err(NotLanded::Redis(e))
+            }
+        }
+    }
+
+    /// `wanted` as MySQL has it, read again (the ones still older than
+    /// asked) until each is at least at its version or `patience` is over;
+    /// with how many were still older then.
+    async fn read_at_least(
+        &self,
+        wanted: &[(Subject, u64)],
+        patience: Duration,
+    ) -> Result<(Vec<Entry>, u64), DbError> {
+        let subjects: Vec<Subject> = wanted.iter().map(|&(s, _)| s).collect();
+        let mut entries = self
+            .db
+            .query(async |conn| reads::entries(conn, &subjects).await)
+            .await?;
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let behind: Vec<usize> = (0..entries.len())
+                .filter(|&i| entries[i].version() < wanted[i].1)
+                .collect();
+            if behind.is_empty() || started.elapsed() >= patience {
+                return Ok((entries, behind.len() as u64));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+            let again: Vec<Subject> = behind.iter().map(|&i| subjects[i]).collect();
+            let fresh = self
+                .db
+                .query(async |conn| reads::entries(conn, &again).await)
+                .await?;
+            for (i, entry) in behind.into_iter().zip(fresh) {
+                entries[i] = entry;
+            }
+        }
     }
 
     /// [`Hooks::read_and_write`], then the queue settled for them.
@@ -256,12 +363,11 @@ impl Hooks {
         let leases = self.cache.lease(subjects, true).await;
         let read = self
             .db
-            .query(async |conn| {
-                let mut entries = Vec::with_capacity(subjects.len());
-                for &subject in subjects {
-                    entries.push(read_entry(conn, subject).await?);
-                }
-                Ok(entries)
+            .query(async |conn| match subjects {
+                [one] => Ok(vec![read_entry(conn, *one).await?]),
+                // Many (the follower's chunks, bulk refreshes): a query per
+                // table, not one per subject.
+                many => reads::entries(conn, many).await,
             })
             .await;
         let entries = match read {

@@ -97,6 +97,10 @@ impl Default for Tuning {
     }
 }
 
+/// The most one page of the warming job's scan may take (pages of thousands
+/// of rows; the request path's MySQL timeout is for point selects).
+pub const WARM_MYSQL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The warming job over one MySQL pool, one Redis pool and the cache's keys.
 pub struct Warmer {
     cache: Cache,
@@ -123,6 +127,29 @@ impl Warmer {
             db,
             tuning,
         }
+    }
+
+    /// A warmer configured like the service, with pools of its own: `size`
+    /// Redis connections and MySQL connections, and a MySQL timeout for
+    /// pages of thousands of rows (the request path's is for point
+    /// selects).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        tuning: Tuning,
+    ) -> Result<Self, String> {
+        let cache = Cache::from_settings(settings)?;
+        let redis = Self::redis_pool(&settings.redis_url, tuning.concurrency)?;
+        let pool = crate::db::pool(
+            &settings.database_url,
+            tuning.concurrency + 1,
+            settings.mysql_timeout(),
+        )?;
+        Ok(Self::new(
+            cache,
+            redis,
+            Db::new(pool, WARM_MYSQL_TIMEOUT),
+            tuning,
+        ))
     }
 
     /// The batch Redis pool's use (the request path has no pool: one

@@ -14,7 +14,7 @@ fn migrations() -> usize {
         .count()
 }
 
-fn connstatus(store: &Isolated) -> Command {
+pub(crate) fn connstatus(store: &Isolated) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_connstatus"));
     command
         .env("DATABASE_URL", &store.database_url)
@@ -31,7 +31,7 @@ fn connstatus(store: &Isolated) -> Command {
 }
 
 /// Starts `connstatus serve` and waits for the public address it logs.
-fn serve(command: &mut Command) -> (std::process::Child, String) {
+pub(crate) fn serve(command: &mut Command) -> (std::process::Child, String) {
     let mut child = command.stderr(Stdio::piped()).spawn().expect("start serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();

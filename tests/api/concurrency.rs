@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{expected, spawn_app, TestApp};
 
 const USERS: u64 = 10;
 const ACTIONS: [&str; 6] = [
@@ -37,16 +37,6 @@ fn two_users(rng: &mut StdRng) -> (u64, u64) {
         b += 1;
     }
     (a, b)
-}
-
-/// The status `viewer` should see, from the stored row.
-fn expected(row: Option<&crate::helpers::Row>, viewer: u64) -> Value {
-    match row.map(|(s, by, rejected, _)| (s.as_str(), *by, *rejected)) {
-        Some(("connected", _, _)) => json!("connected"),
-        Some(("pending", Some(by), _)) if by == viewer => json!("sent_connection_request"),
-        Some(("pending", Some(_), false)) => json!("received_connection_request"),
-        _ => Value::Null,
-    }
 }
 
 async fn api_mutator(app: Arc<TestApp>, seed: u64, until: Instant, ops: Arc<AtomicU64>) {

@@ -80,7 +80,11 @@ impl Isolated {
             .merge(("redis_prefix", self.prefix.clone()))
             .merge(("bind", "127.0.0.1:0"))
             .merge(("admin_bind", "127.0.0.1:0"))
-            .merge(("workers", 1));
+            .merge(("workers", 1))
+            // The binlog follower would refresh behind the back of tests
+            // that arrange the cache's state with care; the tests of the
+            // follower turn it on.
+            .merge(("follow", false));
         for (key, value) in overrides {
             figment = figment.merge((*key, value.clone()));
         }
@@ -300,6 +304,16 @@ pub fn claims_for(sub: Value) -> Value {
 
 /// A stored pair row: state, requested_by, rejected, version.
 pub type Row = (String, Option<u64>, bool, u64);
+
+/// The status `viewer` should see, from the stored row.
+pub fn expected(row: Option<&Row>, viewer: u64) -> Value {
+    match row.map(|(s, by, rejected, _)| (s.as_str(), *by, *rejected)) {
+        Some(("connected", _, _)) => json!("connected"),
+        Some(("pending", Some(by), _)) if by == viewer => json!("sent_connection_request"),
+        Some(("pending", Some(_), false)) => json!("received_connection_request"),
+        _ => Value::Null,
+    }
+}
 
 impl Isolated {
     /// The pair row of (low, high) as stored, if any.
@@ -526,11 +540,23 @@ pub struct PrivateMariaDb {
     pub port: u16,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
+    /// Whether it keeps a binary log (ROW format).
+    binlog: bool,
 }
 
 impl PrivateMariaDb {
     /// Creates the datadir, starts the server, waits until it answers.
     pub async fn start() -> Self {
+        Self::create(false).await
+    }
+
+    /// A server with its binary log on, in ROW format, as the follower
+    /// needs it.
+    pub async fn with_binlog() -> Self {
+        Self::create(true).await
+    }
+
+    async fn create(binlog: bool) -> Self {
         let dir = std::env::temp_dir().join(unique("cs_mariadb_"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let status = std::process::Command::new("mariadb-install-db")
@@ -550,6 +576,7 @@ impl PrivateMariaDb {
             port: free_port(),
             dir,
             child: None,
+            binlog,
         };
         db.restart().await;
         db
@@ -576,9 +603,17 @@ impl PrivateMariaDb {
                 "--no-defaults",
                 "--user=root",
                 "--skip-grant-tables",
-                "--skip-log-bin",
                 "--skip-name-resolve",
             ])
+            .args(if self.binlog {
+                &[
+                    "--log-bin=mariadb-bin",
+                    "--binlog-format=ROW",
+                    "--server-id=1",
+                ][..]
+            } else {
+                &["--skip-log-bin"][..]
+            })
             .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=32M"])
             .arg(format!("--port={}", self.port))
             .arg(format!("--datadir={}", self.dir.join("data").display()))
@@ -651,7 +686,8 @@ pub async fn another_instance(app: &TestApp, overrides: &[(&str, Value)]) -> Tes
         .merge(("redis_prefix", app.store.prefix.clone()))
         .merge(("bind", "127.0.0.1:0"))
         .merge(("admin_bind", "127.0.0.1:0"))
-        .merge(("workers", 1));
+        .merge(("workers", 1))
+        .merge(("follow", false));
     for (key, value) in overrides {
         figment = figment.merge((*key, value.clone()));
     }

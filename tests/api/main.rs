@@ -12,6 +12,7 @@ mod degraded;
 mod events;
 mod failover;
 mod faults;
+mod follow;
 mod helpers;
 mod mutations;
 mod never_wrong;

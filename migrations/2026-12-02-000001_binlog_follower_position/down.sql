@@ -1,0 +1,1 @@
+DROP TABLE binlog_follower_position;

@@ -1,0 +1,675 @@
+//! The binary-log follower: refreshes the cache for every committed change
+//! of `users` and `user_connections`, whoever made it — no hook needed (see
+//! `docs/consistency.md#the-binary-log`).
+//!
+//! One follower per database is active at a time: the one whose control
+//! connection holds the server's named lock; the others stand by and ask
+//! again every second, so one takes over within about a second of the
+//! active one dying (its connection closes, the server frees the lock).
+//!
+//! Changed rows go through the same leased refresh as every other refresh
+//! ([`Hooks::refresh_unqueued`]): the follower re-reads MySQL rather than
+//! writing the row image it saw, so a follower that is behind can never put
+//! an older state back. Rows are gathered across transactions while the
+//! log has more to send at once, and refreshed in chunks of
+//! [`CHUNK`] (one lease pipeline, one query per table, one fill script):
+//! memory stays flat whatever a transaction's size. The position stored is
+//! always one whose changes before it have all landed (at-least-once: after
+//! a restart some refreshes run again, which is harmless). When the stored
+//! position is no longer in the log, the follower says so, re-warms the
+//! whole cache and goes on from the log's end as it was before the warm.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use secrecy::SecretString;
+
+use crate::db::binlog::{BinlogError, Control, Position, Reader, Step};
+use crate::domain::Subject;
+use crate::meters;
+use crate::service::refresh::Hooks;
+use crate::service::warm::{Progress, Scope, Warmer};
+
+/// Distinct subjects refreshed per chunk.
+pub const CHUNK: usize = 1000;
+
+/// How long a refresh waits for MySQL to show a change the log has sent
+/// (the log is written before the commit is visible); well below the
+/// refresh's lease.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(1);
+
+/// How long rows may wait to be refreshed while the log keeps sending.
+const GATHER_FOR: Duration = Duration::from_millis(20);
+
+/// How often a standby asks for the lock again.
+const LOCK_POLL: Duration = Duration::from_secs(1);
+
+/// How often the active follower checks its lock and samples the lag.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The least time between two writes of the position while changes of
+/// ours keep coming.
+const STORE_EVERY: Duration = Duration::from_millis(200);
+
+/// A position that moved only past others' changes is stored this often
+/// (so a busy server's purge does not outrun a quiet database's follower).
+const STORE_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// A stream that is behind but sends nothing for this long is reconnected.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// Connecting, and each control query, may take this long.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause before the next session after one ended.
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// While the log is off or not in ROW format, look again this often.
+const UNAVAILABLE_RETRY: Duration = Duration::from_secs(10);
+
+/// Events counted behind, at most (`SHOW BINLOG EVENTS ... LIMIT`).
+const EVENTS_CAP: u64 = 10_000;
+
+/// What the follower is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not run (`CONNSTATUS_FOLLOW=false`).
+    Off,
+    /// Connecting.
+    Starting,
+    /// Another instance follows this database.
+    Standby,
+    /// Following, within the lag threshold.
+    Active,
+    /// Following, further behind than the threshold.
+    Behind,
+    /// Re-warming the cache after its position was purged.
+    Rewarming,
+    /// The log cannot be followed now (off, not ROW, server unreachable).
+    Unavailable,
+}
+
+impl State {
+    /// As `/readyz` names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Starting => "starting",
+            Self::Standby => "standby",
+            Self::Active => "active",
+            Self::Behind => "behind",
+            Self::Rewarming => "rewarming",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The follower's state and lag, as last seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// What it is doing.
+    pub state: State,
+    /// How far behind the log's end, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// How far behind, in bytes of log.
+    pub lag_bytes: u64,
+    /// The position applied, while active.
+    pub position: Option<String>,
+    /// Why it is unavailable, when it is.
+    pub detail: Option<String>,
+}
+
+/// Shared between the follower and the readiness probe.
+#[derive(Debug)]
+pub struct FollowerStatus(Mutex<Report>);
+
+impl FollowerStatus {
+    /// A status in `state`, with no lag known.
+    pub fn new(state: State) -> Arc<Self> {
+        Arc::new(Self(Mutex::new(Report {
+            state,
+            lag_seconds: 0.0,
+            lag_bytes: 0,
+            position: None,
+            detail: None,
+        })))
+    }
+
+    /// The last report.
+    pub fn report(&self) -> Report {
+        match self.0.lock() {
+            Ok(report) => report.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Report)) {
+        let mut report = match self.0.lock() {
+            Ok(report) => report,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        change(&mut report);
+    }
+
+    fn set(&self, state: State, detail: Option<String>) {
+        self.update(|r| {
+            if r.state != state && matches!(state, State::Standby | State::Active) {
+                tracing::info!(state = state.as_str(), "binlog follower");
+            }
+            r.state = state;
+            r.detail = detail;
+            if !matches!(state, State::Active | State::Behind) {
+                r.lag_seconds = 0.0;
+                r.lag_bytes = 0;
+                r.position = None;
+            }
+        });
+    }
+}
+
+/// Why a follower session ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("{0}")]
+    Binlog(#[from] BinlogError),
+    #[error("{0} did not answer within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("the follower lock was lost")]
+    LockLost,
+    #[error("the server ended the binlog stream")]
+    StreamClosed,
+    #[error("the binlog stream sent nothing for {0:?} while behind")]
+    Stalled(Duration),
+    #[error("re-warm failed: {0}")]
+    Rewarm(String),
+}
+
+/// Runs `f` for at most [`CONTROL_TIMEOUT`].
+async fn bounded<T>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, BinlogError>>,
+) -> Result<T, Ended> {
+    match tokio::time::timeout(CONTROL_TIMEOUT, f).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Ended::Timeout(what, CONTROL_TIMEOUT)),
+    }
+}
+
+/// The follower of one database's log.
+pub struct Follower {
+    hooks: Hooks,
+    warmer: Warmer,
+    url: SecretString,
+    server_id: u32,
+    lag_warn: Duration,
+    status: Arc<FollowerStatus>,
+}
+
+impl std::fmt::Debug for Follower {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Follower")
+            .field("server_id", &self.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Rows waiting to be refreshed, each subject once, with the highest
+/// version the log gave it.
+#[derive(Default)]
+struct Pending {
+    subjects: Vec<(Subject, u64)>,
+    seen: HashMap<Subject, usize>,
+    since: Option<Instant>,
+}
+
+impl Pending {
+    fn add(&mut self, changed: Vec<(Subject, u64)>) {
+        self.since.get_or_insert_with(Instant::now);
+        for (subject, version) in changed {
+            match self.seen.get(&subject) {
+                Some(&i) => self.subjects[i].1 = self.subjects[i].1.max(version),
+                None => {
+                    self.seen.insert(subject, self.subjects.len());
+                    self.subjects.push((subject, version));
+                }
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.subjects.is_empty()
+    }
+
+    /// Whether to refresh now rather than read on: the chunk is full, or
+    /// its first row waited long enough.
+    fn due(&self) -> bool {
+        self.subjects.len() >= CHUNK || self.since.is_some_and(|t| t.elapsed() >= GATHER_FOR)
+    }
+
+    fn take(&mut self) -> Vec<(Subject, u64)> {
+        self.seen.clear();
+        self.since = None;
+        std::mem::take(&mut self.subjects)
+    }
+}
+
+/// Where an active session stands.
+struct Progressed {
+    /// Every change before it has landed.
+    applied: Position,
+    /// The applied boundary's timestamp (Unix seconds).
+    applied_at: Option<u32>,
+    /// The latest boundary read (applied once the pending rows land).
+    read: Position,
+    read_at: Option<u32>,
+    stored: Position,
+    stored_at: Instant,
+    /// Changes of ours landed since the last store.
+    dirty: bool,
+    last_step: Instant,
+    last_check: Instant,
+    last_warned: Option<Instant>,
+}
+
+impl Follower {
+    /// A follower of the log of the server at `url` (its database's
+    /// tables), refreshing through `hooks`, re-warming with `warmer`.
+    pub fn new(
+        hooks: Hooks,
+        warmer: Warmer,
+        url: SecretString,
+        server_id: u32,
+        lag_warn: Duration,
+        status: Arc<FollowerStatus>,
+    ) -> Self {
+        Self {
+            hooks,
+            warmer,
+            url,
+            server_id,
+            lag_warn,
+            status,
+        }
+    }
+
+    /// A follower configured like the service (`DATABASE_URL`'s log,
+    /// `CONNSTATUS_FOLLOW_SERVER_ID`, `CONNSTATUS_FOLLOW_LAG_WARN_SECONDS`),
+    /// refreshing through `hooks`.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        hooks: Hooks,
+        status: Arc<FollowerStatus>,
+    ) -> Result<Self, String> {
+        crate::db::binlog::database_of(&settings.database_url)?;
+        let warmer = Warmer::from_settings(settings, crate::service::warm::Tuning::default())?;
+        Ok(Self::new(
+            hooks,
+            warmer,
+            settings.database_url.clone(),
+            settings.follow_server_id,
+            Duration::from_secs(settings.follow_lag_warn_seconds.get()),
+            status,
+        ))
+    }
+
+    /// Follows until the process ends: sessions one after another, each
+    /// ended by an error (logged) and followed by a new one a second later.
+    pub async fn run_forever(self) {
+        loop {
+            if let Err(e) = self.session().await {
+                meters::follower_error();
+                tracing::warn!(error = %e, "binlog follower stopped; reconnecting");
+                self.status.set(State::Unavailable, Some(e.to_string()));
+            }
+            meters::follower_lag(false, 0.0, 0, 0);
+            tokio::time::sleep(RECONNECT_AFTER).await;
+        }
+    }
+
+    /// The replica id for one connection.
+    fn server_id(&self) -> u32 {
+        match self.server_id {
+            0 => rand::random_range(1_000_000..u32::MAX),
+            id => id,
+        }
+    }
+
+    /// One session: connect, wait for the lock, find where to start, follow.
+    async fn session(&self) -> Result<(), Ended> {
+        let mut control = bounded("MySQL", Control::connect(&self.url)).await?;
+        let log = bounded("MySQL", control.log_settings()).await?;
+        let unusable = if !log.enabled {
+            Some("the server's binary log is off (log_bin)".to_owned())
+        } else if !log.format.eq_ignore_ascii_case("ROW") {
+            Some(format!(
+                "binlog_format is {}, not ROW: changed rows cannot be seen",
+                log.format
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = unusable {
+            if self.status.report().detail.as_deref() != Some(why.as_str()) {
+                tracing::warn!("binlog follower unavailable: {why}");
+            }
+            self.status.set(State::Unavailable, Some(why));
+            tokio::time::sleep(UNAVAILABLE_RETRY).await;
+            return Ok(());
+        }
+        while !bounded("MySQL", control.try_lock()).await? {
+            self.status.set(State::Standby, None);
+            tokio::time::sleep(LOCK_POLL).await;
+        }
+        self.status.set(State::Active, None);
+        let start = self.start_at(&mut control, log.server_id).await?;
+        self.follow(&mut control, log.server_id, start).await
+    }
+
+    /// The stored position if the log still has it; else (first start) the
+    /// log's end; else (purged, or another server's) a re-warm.
+    async fn start_at(&self, control: &mut Control, server_id: u32) -> Result<Position, Ended> {
+        let Some((stored_server, stored)) = bounded("MySQL", control.stored()).await? else {
+            let end = bounded("MySQL", control.end()).await?;
+            bounded("MySQL", control.store(server_id, &end)).await?;
+            tracing::info!(position = %end, "binlog follower starts at the log's end");
+            return Ok(end);
+        };
+        let files = bounded("MySQL", control.files()).await?;
+        let in_log = files
+            .iter()
+            .any(|(file, size)| *file == stored.file && stored.pos <= *size);
+        if stored_server == server_id && in_log {
+            tracing::info!(position = %stored, "binlog follower resumes");
+            return Ok(stored);
+        }
+        tracing::error!(
+            position = %stored,
+            "binlog: the stored position is no longer in the server's log (purged, or another server's): \
+             the changes since then cannot be replayed; re-warming the whole cache, then following from the log's end"
+        );
+        self.rewarm(control, server_id).await
+    }
+
+    /// Re-warms the cache from MySQL; returns the log's end as it was
+    /// before the warm began (changes during the warm are followed after).
+    async fn rewarm(&self, control: &mut Control, server_id: u32) -> Result<Position, Ended> {
+        let end = bounded("MySQL", control.end()).await?;
+        self.status.set(State::Rewarming, None);
+        meters::follower_rewarm();
+        let progress = Progress::default();
+        let summary = self
+            .warmer
+            .run(&Scope::All, &progress, std::future::pending())
+            .await
+            .map_err(Ended::Rewarm)?;
+        if summary.errors > 0 {
+            return Err(Ended::Rewarm(format!(
+                "{} entries could not be written",
+                summary.errors
+            )));
+        }
+        tracing::info!(
+            pairs = summary.pairs,
+            users = summary.users,
+            seconds = summary.seconds,
+            position = %end,
+            "binlog: re-warm done; following from the log's end as it was before it"
+        );
+        bounded("MySQL", control.store(server_id, &end)).await?;
+        self.status.set(State::Active, None);
+        Ok(end)
+    }
+
+    /// Follows the log from `start` until something fails.
+    async fn follow(
+        &self,
+        control: &mut Control,
+        server_id: u32,
+        start: Position,
+    ) -> Result<(), Ended> {
+        let mut reader = match tokio::time::timeout(
+            CONTROL_TIMEOUT,
+            Reader::open(&self.url, self.server_id(), &start),
+        )
+        .await
+        {
+            Ok(reader) => reader?,
+            Err(_) => return Err(Ended::Timeout("the binlog stream", CONTROL_TIMEOUT)),
+        };
+        let now = Instant::now();
+        let mut at = Progressed {
+            applied: start.clone(),
+            applied_at: None,
+            read: start.clone(),
+            read_at: None,
+            stored: start,
+            stored_at: now,
+            dirty: false,
+            last_step: now,
+            last_check: now - CHECK_EVERY,
+            last_warned: None,
+        };
+        let mut pending = Pending::default();
+        let mut tick = tokio::time::interval(STORE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // While rows wait, read on only as long as the log has more at
+            // once; when it would wait (or the chunk is due), refresh first.
+            let step = if pending.is_empty() {
+                tokio::select! {
+                    step = reader.next() => Some(step),
+                    _ = tick.tick() => None,
+                }
+            } else if pending.due() {
+                None
+            } else {
+                reader.next().now_or_never()
+            };
+            match step {
+                Some(step) => {
+                    at.last_step = Instant::now();
+                    match step? {
+                        None => return Err(Ended::StreamClosed),
+                        Some(Step::Changed(subjects)) => {
+                            meters::follower_applied(subjects.len() as u64, 0);
+                            pending.add(subjects);
+                        }
+                        Some(Step::Boundary { position, at: when }) => {
+                            meters::follower_transactions(1);
+                            at.read = position;
+                            at.read_at = Some(when);
+                            if pending.is_empty() {
+                                at.applied = at.read.clone();
+                                at.applied_at = at.read_at;
+                            }
+                        }
+                    }
+                }
+                None => {
+                    if !pending.is_empty() {
+                        self.refresh(control, &mut pending).await?;
+                        // Every row read so far has landed: the last
+                        // boundary read is safe to resume from.
+                        at.applied = at.read.clone();
+                        at.applied_at = at.read_at;
+                        at.dirty = true;
+                    }
+                    self.upkeep(control, server_id, &mut at).await?;
+                }
+            }
+        }
+    }
+
+    /// Refreshes the pending rows, retrying until they land (the position
+    /// does not move meanwhile) or the lock is lost.
+    async fn refresh(&self, control: &mut Control, pending: &mut Pending) -> Result<(), Ended> {
+        let subjects = pending.take();
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.hooks.refresh_unqueued(&subjects, VISIBLE_WITHIN).await {
+                Ok(landed) => {
+                    meters::follower_applied(0, subjects.len() as u64);
+                    if landed.unseen > 0 {
+                        // The schema's rule (versions never go down) was
+                        // broken, or the server is very slow to make commits
+                        // visible: refreshed as read, said loudly.
+                        tracing::warn!(
+                            entries = landed.unseen,
+                            "binlog follower: MySQL still showed an older version than the log {VISIBLE_WITHIN:?} later; refreshed as read"
+                        );
+                    }
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = subjects.len(), "binlog follower: refresh did not land; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    if !bounded("MySQL", control.holds_lock()).await? {
+                        return Err(Ended::LockLost);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Between steps: stores the position when due, and every
+    /// [`CHECK_EVERY`] checks the lock and samples the lag.
+    async fn upkeep(
+        &self,
+        control: &mut Control,
+        server_id: u32,
+        at: &mut Progressed,
+    ) -> Result<(), Ended> {
+        let store_due = at.applied != at.stored
+            && ((at.dirty && at.stored_at.elapsed() >= STORE_EVERY)
+                || at.stored_at.elapsed() >= STORE_IDLE_EVERY);
+        if store_due {
+            if !bounded("MySQL", control.store(server_id, &at.applied)).await? {
+                return Err(Ended::LockLost);
+            }
+            at.stored = at.applied.clone();
+            at.stored_at = Instant::now();
+            at.dirty = false;
+        }
+        if at.last_check.elapsed() < CHECK_EVERY {
+            return Ok(());
+        }
+        at.last_check = Instant::now();
+        if !bounded("MySQL", control.holds_lock()).await? {
+            return Err(Ended::LockLost);
+        }
+        let end = bounded("MySQL", control.end()).await?;
+        let bytes = if end.file == at.applied.file {
+            end.pos.saturating_sub(at.applied.pos)
+        } else {
+            let files = bounded("MySQL", control.files()).await?;
+            bytes_between(&files, &at.applied, &end)
+        };
+        let events = if bytes > 0 {
+            bounded("MySQL", control.events_after(&at.applied, EVENTS_CAP)).await?
+        } else {
+            0
+        };
+        let seconds = match (bytes, at.applied_at) {
+            (0, _) => 0.0,
+            (_, Some(when)) => (unix_now() - f64::from(when)).max(0.0),
+            (_, None) => at.stored_at.elapsed().as_secs_f64(),
+        };
+        if bytes > 0 && at.last_step.elapsed() >= STALLED_AFTER {
+            return Err(Ended::Stalled(STALLED_AFTER));
+        }
+        let behind = seconds > self.lag_warn.as_secs_f64();
+        if behind
+            && at
+                .last_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                lag_seconds = seconds,
+                lag_bytes = bytes,
+                position = %at.applied,
+                "binlog follower is behind the log"
+            );
+            at.last_warned = Some(Instant::now());
+        }
+        meters::follower_lag(true, seconds, bytes, events);
+        meters::follower_position(at.applied.file_number(), at.applied.pos);
+        let position = at.applied.to_string();
+        self.status.update(|r| {
+            r.state = if behind { State::Behind } else { State::Active };
+            r.lag_seconds = seconds;
+            r.lag_bytes = bytes;
+            r.position = Some(position);
+            r.detail = None;
+        });
+        Ok(())
+    }
+}
+
+/// Bytes of log from `from` to `to`, over the files between them.
+fn bytes_between(files: &[(String, u64)], from: &Position, to: &Position) -> u64 {
+    let mut total = 0;
+    let mut counting = false;
+    for (file, size) in files {
+        if *file == from.file {
+            counting = true;
+            total += size.saturating_sub(from.pos);
+        } else if *file == to.file {
+            return total + to.pos;
+        } else if counting {
+            total += size;
+        }
+    }
+    total
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(file: &str, pos: u64) -> Position {
+        Position {
+            file: file.into(),
+            pos,
+        }
+    }
+
+    #[test]
+    fn lag_in_bytes_spans_files() {
+        let files = vec![
+            ("b.000001".to_owned(), 1000),
+            ("b.000002".to_owned(), 500),
+            ("b.000003".to_owned(), 300),
+        ];
+        assert_eq!(
+            bytes_between(&files, &at("b.000001", 900), &at("b.000003", 200)),
+            100 + 500 + 200
+        );
+        assert_eq!(
+            bytes_between(&files, &at("b.000002", 100), &at("b.000003", 10)),
+            400 + 10
+        );
+    }
+
+    #[test]
+    fn pending_rows_are_refreshed_once_each() {
+        let user = |id| Subject::User(crate::domain::UserId::new(id).expect("id"));
+        let mut pending = Pending::default();
+        pending.add(vec![(user(1), 4), (user(2), 1), (user(1), 3)]);
+        pending.add(vec![(user(2), 7), (user(3), 0)]);
+        assert_eq!(
+            pending.take(),
+            vec![(user(1), 4), (user(2), 7), (user(3), 0)]
+        );
+        assert!(pending.is_empty());
+        assert!(!pending.due());
+    }
+}
