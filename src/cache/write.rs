@@ -122,26 +122,38 @@ impl Cache {
             .iter()
             .map(|&subject| Lease::new(self.keys.of(subject)))
             .collect();
-        let mut pipe = redis::pipe();
         if refresh {
+            // One script call per chunk of keys: the follower leases a
+            // thousand at a time.
+            let invocations: Vec<redis::ScriptInvocation<'_>> = leases
+                .chunks(FILLS_PER_CALL)
+                .map(|chunk| {
+                    let mut invocation = self.lease_script.prepare_invoke();
+                    invocation.arg(self.lease_ms);
+                    for lease in chunk {
+                        invocation.key(&lease.key).arg(&lease.token);
+                    }
+                    invocation
+                })
+                .collect();
+            let mut pipe = redis::pipe();
             pipe.load_script(&self.lease_script).ignore();
-        }
-        for lease in &leases {
-            if refresh {
-                let mut invocation = self.lease_script.prepare_invoke();
-                invocation
-                    .key(&lease.key)
-                    .arg(&lease.token)
-                    .arg(self.lease_ms);
-                pipe.invoke_script(&invocation);
-            } else {
-                pipe.cmd("SET")
-                    .arg(&lease.key)
-                    .arg(&lease.token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.lease_ms);
+            for invocation in &invocations {
+                pipe.invoke_script(invocation);
             }
+            let _: Vec<redis::Value> = self
+                .guarded(pipe.query_async(&mut self.conn.clone()))
+                .await?;
+            return Ok(leases.into_iter().map(Some).collect());
+        }
+        let mut pipe = redis::pipe();
+        for lease in &leases {
+            pipe.cmd("SET")
+                .arg(&lease.key)
+                .arg(&lease.token)
+                .arg("NX")
+                .arg("PX")
+                .arg(self.lease_ms);
         }
         let replies: Vec<redis::Value> = self
             .guarded(pipe.query_async(&mut self.conn.clone()))

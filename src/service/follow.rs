@@ -23,7 +23,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures_util::FutureExt;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 use secrecy::SecretString;
 
 use crate::db::binlog::{BinlogError, Control, Position, Reader, Step};
@@ -34,6 +35,13 @@ use crate::service::warm::{Progress, Scope, Warmer};
 
 /// Distinct subjects refreshed per chunk.
 pub const CHUNK: usize = 1000;
+
+/// Chunks being refreshed at once (each reads MySQL on a pooled connection
+/// while the others wait on Redis, and the log is read meanwhile).
+const IN_FLIGHT: usize = 4;
+
+/// A chunk's refresh; yields the boundary it completes.
+type Chunk = std::pin::Pin<Box<dyn std::future::Future<Output = (Position, Option<u32>)> + Send>>;
 
 /// How long a refresh waits for MySQL to show a change the log has sent
 /// (the log is written before the commit is visible); well below the
@@ -452,86 +460,84 @@ impl Follower {
             last_warned: None,
         };
         let mut pending = Pending::default();
+        // Chunks being refreshed, oldest first, each with the last boundary
+        // read when it was cut: once it and every older one have landed,
+        // everything before that boundary has.
+        let mut in_flight: FuturesOrdered<Chunk> = FuturesOrdered::new();
         let mut tick = tokio::time::interval(STORE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // While rows wait, read on only as long as the log has more at
-            // once; when it would wait (or the chunk is due), refresh first.
-            let step = if pending.is_empty() {
-                tokio::select! {
-                    step = reader.next() => Some(step),
-                    _ = tick.tick() => None,
+            // Rows wait only while the log has more to send at once and
+            // their chunk is not due; then they go, while there is room.
+            if !pending.is_empty() && in_flight.len() < IN_FLIGHT {
+                let more = if pending.due() {
+                    None
+                } else {
+                    reader.next().now_or_never()
+                };
+                match more {
+                    Some(step) => {
+                        at.last_step = Instant::now();
+                        on_step(step?, &mut at, &mut pending, in_flight.is_empty())?;
+                        continue;
+                    }
+                    None => in_flight.push_back(self.chunk(pending.take(), &at)),
                 }
-            } else if pending.due() {
-                None
-            } else {
-                reader.next().now_or_never()
-            };
-            match step {
-                Some(step) => {
+            }
+            let room = in_flight.len() < IN_FLIGHT || pending.subjects.len() < CHUNK;
+            tokio::select! {
+                biased;
+                Some((position, when)) = in_flight.next() => {
+                    // The newest boundary read, when nothing else waits.
+                    let newest = in_flight.is_empty() && pending.is_empty();
+                    (at.applied, at.applied_at) = if newest {
+                        (at.read.clone(), at.read_at)
+                    } else {
+                        (position, when)
+                    };
+                    at.dirty = true;
+                }
+                step = reader.next(), if room => {
                     at.last_step = Instant::now();
-                    match step? {
-                        None => return Err(Ended::StreamClosed),
-                        Some(Step::Changed(subjects)) => {
-                            meters::follower_applied(subjects.len() as u64, 0);
-                            pending.add(subjects);
-                        }
-                        Some(Step::Boundary { position, at: when }) => {
-                            meters::follower_transactions(1);
-                            at.read = position;
-                            at.read_at = Some(when);
-                            if pending.is_empty() {
-                                at.applied = at.read.clone();
-                                at.applied_at = at.read_at;
-                            }
-                        }
-                    }
+                    on_step(step?, &mut at, &mut pending, in_flight.is_empty())?;
                 }
-                None => {
-                    if !pending.is_empty() {
-                        self.refresh(control, &mut pending).await?;
-                        // Every row read so far has landed: the last
-                        // boundary read is safe to resume from.
-                        at.applied = at.read.clone();
-                        at.applied_at = at.read_at;
-                        at.dirty = true;
-                    }
-                    self.upkeep(control, server_id, &mut at).await?;
+                _ = tick.tick() => {
+                    self.upkeep(control, server_id, &mut at, !in_flight.is_empty()).await?;
                 }
             }
         }
     }
 
-    /// Refreshes the pending rows, retrying until they land (the position
-    /// does not move meanwhile) or the lock is lost.
-    async fn refresh(&self, control: &mut Control, pending: &mut Pending) -> Result<(), Ended> {
-        let subjects = pending.take();
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match self.hooks.refresh_unqueued(&subjects, VISIBLE_WITHIN).await {
-                Ok(landed) => {
-                    meters::follower_applied(0, subjects.len() as u64);
-                    if landed.unseen > 0 {
-                        // The schema's rule (versions never go down) was
-                        // broken, or the server is very slow to make commits
-                        // visible: refreshed as read, said loudly.
-                        tracing::warn!(
-                            entries = landed.unseen,
-                            "binlog follower: MySQL still showed an older version than the log {VISIBLE_WITHIN:?} later; refreshed as read"
-                        );
+    /// A chunk's refresh, retried until it lands (the position does not
+    /// move past it meanwhile; the lock is checked by the upkeep).
+    fn chunk(&self, subjects: Vec<(Subject, u64)>, at: &Progressed) -> Chunk {
+        let hooks = self.hooks.clone();
+        let done = (at.read.clone(), at.read_at);
+        Box::pin(async move {
+            let mut pause = Duration::from_millis(100);
+            loop {
+                match hooks.refresh_unqueued(&subjects, VISIBLE_WITHIN).await {
+                    Ok(landed) => {
+                        meters::follower_applied(0, subjects.len() as u64);
+                        if landed.unseen > 0 {
+                            // The schema's rule (versions never go down)
+                            // was broken, or the server is very slow to make
+                            // commits visible: refreshed as read, said loudly.
+                            tracing::warn!(
+                                entries = landed.unseen,
+                                "binlog follower: MySQL still showed an older version than the log {VISIBLE_WITHIN:?} later; refreshed as read"
+                            );
+                        }
+                        return done;
                     }
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, entries = subjects.len(), "binlog follower: refresh did not land; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(2));
-                    if !bounded("MySQL", control.holds_lock()).await? {
-                        return Err(Ended::LockLost);
+                    Err(e) => {
+                        tracing::warn!(error = %e, entries = subjects.len(), "binlog follower: refresh did not land; retrying");
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(Duration::from_secs(2));
                     }
                 }
             }
-        }
+        })
     }
 
     /// Between steps: stores the position when due, and every
@@ -541,6 +547,7 @@ impl Follower {
         control: &mut Control,
         server_id: u32,
         at: &mut Progressed,
+        refreshing: bool,
     ) -> Result<(), Ended> {
         let store_due = at.applied != at.stored
             && ((at.dirty && at.stored_at.elapsed() >= STORE_EVERY)
@@ -577,7 +584,7 @@ impl Follower {
             (_, Some(when)) => (unix_now() - f64::from(when)).max(0.0),
             (_, None) => at.stored_at.elapsed().as_secs_f64(),
         };
-        if bytes > 0 && at.last_step.elapsed() >= STALLED_AFTER {
+        if bytes > 0 && !refreshing && at.last_step.elapsed() >= STALLED_AFTER {
             return Err(Ended::Stalled(STALLED_AFTER));
         }
         let behind = seconds > self.lag_warn.as_secs_f64();
@@ -606,6 +613,32 @@ impl Follower {
         });
         Ok(())
     }
+}
+
+/// Takes one step of the log into the session's state.
+fn on_step(
+    step: Option<Step>,
+    at: &mut Progressed,
+    pending: &mut Pending,
+    nothing_in_flight: bool,
+) -> Result<(), Ended> {
+    match step {
+        None => return Err(Ended::StreamClosed),
+        Some(Step::Changed(changed)) => {
+            meters::follower_applied(changed.len() as u64, 0);
+            pending.add(changed);
+        }
+        Some(Step::Boundary { position, at: when }) => {
+            meters::follower_transactions(1);
+            at.read = position;
+            at.read_at = Some(when);
+            if pending.is_empty() && nothing_in_flight {
+                at.applied = at.read.clone();
+                at.applied_at = at.read_at;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes of log from `from` to `to`, over the files between them.

@@ -567,11 +567,14 @@ impl PrivateMariaDb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", dir.join("data").display()))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
+            .output()
             .expect("mariadb-install-db is installed (scripts/services.sh installs it)");
-        assert!(status.success(), "mariadb-install-db failed");
+        assert!(
+            status.status.success(),
+            "mariadb-install-db failed: {}{}",
+            String::from_utf8_lossy(&status.stdout),
+            String::from_utf8_lossy(&status.stderr)
+        );
         let mut db = Self {
             port: free_port(),
             dir,
