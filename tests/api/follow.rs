@@ -45,23 +45,22 @@ async fn follower_state(address: &str) -> String {
 }
 
 /// Polls `check` every 20 ms until it holds; panics after `within`.
-async fn until<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+async fn until<F, Fut>(what: &str, within: Duration, check: F) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let started = Instant::now();
-    loop {
-        if check().await {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_every(Duration::from_millis(20), what, within, check).await
 }
 
-/// [`until`], polling every millisecond (to time what it waits for).
-async fn until_fast<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+/// Polls `check` every `every` until it holds; panics after `within`;
+/// returns how long it took.
+async fn until_every<F, Fut>(
+    every: Duration,
+    what: &str,
+    within: Duration,
+    mut check: F,
+) -> Duration
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -72,7 +71,7 @@ where
             return started.elapsed();
         }
         assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -346,7 +345,8 @@ async fn a_thousand_single_commits_each_reach_the_answer() {
         .await
         .expect("update");
         let want = connected.then_some("connected");
-        let took = until_fast(
+        let took = until_every(
+            Duration::from_millis(1),
             &format!("commit {i}: the new answer"),
             Duration::from_secs(2),
             || async { app.status(1, other).await.as_deref() == want },
