@@ -18,10 +18,11 @@ mariadb -h127.0.0.1 -uroot -N -e \
     fi
   done
 
-# Doc tests and the schemathesis run first, so that the runner's summary is
-# the last thing printed.
+# Doc tests, the schemathesis run and the checks of deploy/ first, so that
+# the runner's summary is the last thing printed.
 cargo test --locked --doc --quiet
 ./scripts/schemathesis.sh
+./scripts/check-deploy.sh
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast --test-threads 4 "$@"
 else
