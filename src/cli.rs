@@ -225,6 +225,7 @@ async fn follow(settings: &Settings) -> anyhow::Result<()> {
     let hooks = crate::hooks::Hooks::from_settings(settings).map_err(anyhow::Error::msg)?;
     let status = FollowerStatus::new(State::Starting);
     let follower = Follower::from_settings(settings, hooks, status).map_err(anyhow::Error::msg)?;
+    follower.mark_start().await;
     tokio::select! {
         () = follower.run_forever() => {}
         () = crate::startup::wait_for_signal() => tracing::info!("stopped"),

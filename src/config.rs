@@ -133,6 +133,12 @@ pub struct Settings {
     /// registers with (unique among the server's replicas); 0 picks a
     /// random one per connection.
     pub follow_server_id: u32,
+    /// `DATABASE_REPLICA_URL`: read replicas, comma-separated `mysql://`
+    /// URLs naming the same database, for cache misses, batches and
+    /// warming; the binlog follower reads the first one's log. Empty: all
+    /// on `DATABASE_URL`.
+    #[serde(default, deserialize_with = "mysql_urls")]
+    pub database_replica_url: Vec<SecretString>,
 }
 
 /// JWT verification (see `docs/api.md#authentication`).
@@ -223,7 +229,7 @@ impl Settings {
             .merge(Toml::string(include_str!("../config/default.toml")))
             .merge(Toml::file(format!("{dir}/default.toml")))
             .merge(Toml::file(format!("{dir}/{profile}.toml")))
-            .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL"]))
+            .merge(Env::raw().only(&["DATABASE_URL", "DATABASE_REPLICA_URL", "REDIS_URL"]))
             .merge(Env::prefixed("CONNSTATUS_").ignore(&["CONFIG_DIR"]))
             .merge(("config_dir", dir))
     }
@@ -346,7 +352,7 @@ impl Settings {
 fn env_name(key: &str) -> String {
     let key = key.to_ascii_uppercase();
     match key.as_str() {
-        "DATABASE_URL" | "REDIS_URL" => key,
+        "DATABASE_URL" | "DATABASE_REPLICA_URL" | "REDIS_URL" => key,
         _ => format!("CONNSTATUS_{key}"),
     }
 }
@@ -496,6 +502,22 @@ fn url_with<'de, D: Deserializer<'de>>(
 
 fn mysql_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     url_with(d, &["mysql://"], "must be a mysql:// URL")
+}
+
+/// Comma-separated `mysql://` URLs (none when empty).
+fn mysql_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    let text = lenient_string(d)?;
+    text.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            if url.starts_with("mysql://") {
+                Ok(SecretString::from(url.to_owned()))
+            } else {
+                Err(D::Error::custom("must be mysql:// URLs, comma-separated"))
+            }
+        })
+        .collect()
 }
 
 fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
@@ -653,6 +675,33 @@ mod tests {
         assert_eq!(staging.expect("staging has its file").max_events.get(), 7);
         let message = missing.expect_err("qa has no file").to_string();
         assert_names(&message, "CONNSTATUS_ENV");
+    }
+
+    #[test]
+    fn read_replicas_are_a_comma_separated_list_of_mysql_urls() {
+        use secrecy::ExposeSecret;
+        let none = load("test", &[]).expect("no replicas");
+        assert!(none.database_replica_url.is_empty());
+        let two = load(
+            "test",
+            &[(
+                "database_replica_url",
+                json!("mysql://r1:3306/cs, mysql://r2:3306/cs,"),
+            )],
+        )
+        .expect("two replicas");
+        let urls: Vec<&str> = two
+            .database_replica_url
+            .iter()
+            .map(|u| u.expose_secret())
+            .collect();
+        assert_eq!(urls, ["mysql://r1:3306/cs", "mysql://r2:3306/cs"]);
+        let message = error(
+            "test",
+            &[("database_replica_url", json!("mysql://r1/cs,redis://r2"))],
+        );
+        assert_names(&message, "DATABASE_REPLICA_URL");
+        assert!(!message.contains("r1"), "no URL in the message: {message}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use actix_web::{middleware, web, App, HttpServer};
 use crate::auth::{TokenCache, Verifier};
 use crate::cache::Cache;
 use crate::config::Settings;
-use crate::db::Db;
+use crate::db::{Db, ReadDb};
 use crate::http::edge::{edge, Inflight, Limits};
 use crate::http::{self, AppState, Worker};
 use crate::service::follow::{self, Follower, FollowerStatus};
@@ -53,7 +53,7 @@ impl Application {
             }),
         });
         let worker = worker_factory(settings)?;
-        spawn_background(settings, &worker, &state.follower)?;
+        spawn_background(settings, &worker, &state.follower).await?;
         let limits = web::Data::new(Limits {
             max_header_bytes: settings.max_header_bytes.get(),
         });
@@ -154,6 +154,7 @@ fn worker_factory(
 ) -> anyhow::Result<impl Fn() -> Result<Worker, String> + Clone + Send + 'static> {
     let redis = Cache::client(&settings.redis_url).map_err(anyhow::Error::msg)?;
     let db = Db::from_settings(settings).map_err(anyhow::Error::msg)?;
+    let read_db = ReadDb::from_settings(settings, db.clone()).map_err(anyhow::Error::msg)?;
     let cache_settings = settings.cache.clone();
     let tuning = Tuning::default();
     let warm_redis =
@@ -164,7 +165,7 @@ fn worker_factory(
         let hooks = Hooks::new(cache.clone(), db.clone());
         let warm_cache = Cache::new(redis.clone(), &cache_settings)?;
         Ok(Worker {
-            statuses: StatusService::new(cache.clone(), db.clone()),
+            statuses: StatusService::new(cache.clone(), read_db.clone()),
             mutations: Mutations::new(db.clone(), hooks.clone()),
             warmer: Warmer::new(warm_cache, warm_redis.clone(), db.clone(), tuning),
             health: Health::new(cache, db.clone()),
@@ -178,7 +179,7 @@ fn worker_factory(
 /// (retries refreshes that could not reach Redis, replays those a Redis
 /// failover lost), the binlog follower unless it is off, and the metrics
 /// upkeep.
-fn spawn_background(
+async fn spawn_background(
     settings: &Settings,
     worker: &impl Fn() -> Result<Worker, String>,
     follower: &std::sync::Arc<FollowerStatus>,
@@ -190,6 +191,7 @@ fn spawn_background(
             follower.clone(),
         )
         .map_err(anyhow::Error::msg)?;
+        follower.mark_start().await;
         tokio::spawn(follower.run_forever());
     }
     let sweeper = worker().map_err(anyhow::Error::msg)?.hooks;

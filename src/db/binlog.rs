@@ -174,6 +174,9 @@ pub struct Reader {
     /// Where the reader is: the file, and the end of the last event read.
     at: Position,
     in_transaction: bool,
+    /// Events read so far (of any kind: a stream of others' changes is not
+    /// a stalled one).
+    events: u64,
 }
 
 impl fmt::Debug for Reader {
@@ -222,12 +225,18 @@ impl Reader {
             columns,
             at: from.clone(),
             in_transaction: false,
+            events: 0,
         })
     }
 
     /// Where the reader is now.
     pub fn position(&self) -> &Position {
         &self.at
+    }
+
+    /// How many events it has read.
+    pub fn events(&self) -> u64 {
+        self.events
     }
 
     /// The next step: rows of ours changed, or a transaction ended. Events
@@ -238,6 +247,7 @@ impl Reader {
                 return Ok(None);
             };
             let event = event.map_err(|e| unreadable(e, &self.at))?;
+            self.events += 1;
             let header = event.header();
             let (end, at) = (u64::from(header.log_pos()), header.timestamp());
             let data = event.read_data()?;
@@ -404,11 +414,13 @@ pub struct LogSettings {
     pub server_id: u32,
 }
 
-/// The follower's control connection: holds the lock (for as long as the
-/// connection lives: a follower that dies loses it at once), asks where the
-/// log ends, and keeps the stored position.
+/// The follower's control connections: one to the primary holds the lock
+/// (for as long as the connection lives: a follower that dies loses it at
+/// once) and keeps the stored position; one to the server whose log is read
+/// (the same one unless the log is a replica's) asks where the log ends.
 pub struct Control {
     conn: Conn,
+    log: Option<Conn>,
     lock: String,
 }
 
@@ -421,21 +433,36 @@ impl fmt::Debug for Control {
 }
 
 impl Control {
-    /// Connects to the database at `url`.
-    pub async fn connect(url: &SecretString) -> Result<Self, BinlogError> {
+    /// Connects to the database at `url` (the primary), and to the one at
+    /// `log_url` when that is another server.
+    pub async fn connect(url: &SecretString, log_url: &SecretString) -> Result<Self, BinlogError> {
         let opts =
             Opts::from_url(url.expose_secret()).map_err(|e| BinlogError::Failed(e.to_string()))?;
         let database = opts.db_name().unwrap_or_default().to_owned();
+        let conn = Conn::new(opts).await?;
+        let log = if log_url.expose_secret() == url.expose_secret() {
+            None
+        } else {
+            let opts = Opts::from_url(log_url.expose_secret())
+                .map_err(|e| BinlogError::Failed(e.to_string()))?;
+            Some(Conn::new(opts).await?)
+        };
         Ok(Self {
-            conn: Conn::new(opts).await?,
+            conn,
+            log,
             lock: lock_name(&database),
         })
     }
 
-    /// How the server keeps its log.
+    /// The connection to the server whose log is read.
+    fn log(&mut self) -> &mut Conn {
+        self.log.as_mut().unwrap_or(&mut self.conn)
+    }
+
+    /// How the server whose log is read keeps it.
     pub async fn log_settings(&mut self) -> Result<LogSettings, BinlogError> {
         let row: Option<(u64, String, u32)> = self
-            .conn
+            .log()
             .query_first("SELECT @@log_bin, @@binlog_format, @@server_id")
             .await?;
         let (enabled, format, server_id) =
@@ -469,10 +496,10 @@ impl Control {
     /// Where the server's log ends now.
     pub async fn end(&mut self) -> Result<Position, BinlogError> {
         // `SHOW MASTER STATUS` is `SHOW BINARY LOG STATUS` from MySQL 8.4 on.
-        let row: Option<mysql_async::Row> = match self.conn.query_first("SHOW MASTER STATUS").await
-        {
+        let log = self.log();
+        let row: Option<mysql_async::Row> = match log.query_first("SHOW MASTER STATUS").await {
             Ok(row) => row,
-            Err(_) => self.conn.query_first("SHOW BINARY LOG STATUS").await?,
+            Err(_) => log.query_first("SHOW BINARY LOG STATUS").await?,
         };
         let row = row.ok_or_else(|| BinlogError::Failed("the binary log is off".into()))?;
         let file: Option<String> = row.get(0);
@@ -485,7 +512,7 @@ impl Control {
 
     /// The server's log files and their sizes, oldest first.
     pub async fn files(&mut self) -> Result<Vec<(String, u64)>, BinlogError> {
-        let rows: Vec<mysql_async::Row> = self.conn.query("SHOW BINARY LOGS").await?;
+        let rows: Vec<mysql_async::Row> = self.log().query("SHOW BINARY LOGS").await?;
         Ok(rows
             .into_iter()
             .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
@@ -498,7 +525,7 @@ impl Control {
         // string literal (names come from the server itself).
         let file = from.file.replace('\\', "\\\\").replace('\'', "\\'");
         let rows: Vec<mysql_async::Row> = self
-            .conn
+            .log()
             .query(format!(
                 "SHOW BINLOG EVENTS IN '{file}' FROM {} LIMIT {cap}",
                 from.pos
@@ -514,6 +541,23 @@ impl Control {
             .query_first("SELECT server_id, file, pos FROM binlog_follower_position WHERE id = 1")
             .await?;
         Ok(row.map(|(server, file, pos)| (server, Position { file, pos })))
+    }
+
+    /// Stores `position` of server `server_id` when no position is stored
+    /// yet (no lock needed: it only ever sets the first one).
+    pub async fn store_first(
+        &mut self,
+        server_id: u32,
+        position: &Position,
+    ) -> Result<(), BinlogError> {
+        self.conn
+            .exec_drop(
+                "INSERT IGNORE INTO binlog_follower_position (id, server_id, file, pos, updated_at) \
+                 VALUES (1, ?, ?, ?, NOW(6))",
+                (server_id, &position.file, position.pos),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Stores `position` of server `server_id`, if this connection still

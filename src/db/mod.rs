@@ -15,7 +15,7 @@ pub mod writes;
 
 use std::time::Duration;
 
-pub use run::{Db, DbError, Failure};
+pub use run::{Db, DbError, Failure, ReadDb};
 
 use diesel::Connection as _;
 use diesel_async::async_connection_wrapper::AsyncConnectionWrapper;
@@ -68,6 +68,23 @@ impl Db {
             settings.mysql_timeout(),
         )?;
         Ok(Self::new(pool, settings.mysql_timeout()))
+    }
+}
+
+impl ReadDb {
+    /// Reads over the replicas of `DATABASE_REPLICA_URL` (pools of
+    /// `CONNSTATUS_MYSQL_POOL_SIZE` each), falling back to `primary`.
+    pub fn from_settings(settings: &crate::config::Settings, primary: Db) -> Result<Self, String> {
+        let replicas = settings
+            .database_replica_url
+            .iter()
+            .map(|url| {
+                pool(url, settings.mysql_pool_size, settings.mysql_timeout())
+                    .map(|pool| Db::new(pool, settings.mysql_timeout()))
+                    .map_err(|e| e.replace("DATABASE_URL", "DATABASE_REPLICA_URL"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self::new(primary, replicas))
     }
 }
 

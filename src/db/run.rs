@@ -2,6 +2,8 @@
 //! timeout (the pool wait included), and a connection that failed or was cut
 //! off mid-call is discarded rather than handed out again.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use diesel_async::AsyncMysqlConnection;
@@ -124,6 +126,47 @@ impl Db {
             ::metrics::counter!("connstatus_mysql_errors_total").increment(1);
         }
         result
+    }
+}
+
+/// Where reads that may trail the primary go: cache misses, batches (see
+/// `docs/consistency.md#read-replicas`). The replicas of
+/// `DATABASE_REPLICA_URL` in turn; the primary when there are none, and for
+/// a read the replica it was given to could not answer (the primary is the
+/// truth: a failed replica costs time, never an answer).
+#[derive(Clone, Debug)]
+pub struct ReadDb {
+    primary: Db,
+    replicas: Arc<[Db]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl ReadDb {
+    /// Reads over `replicas`, falling back to `primary`.
+    pub fn new(primary: Db, replicas: Vec<Db>) -> Self {
+        Self {
+            primary,
+            replicas: replicas.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Runs a read on the next replica, or on the primary (see [`ReadDb`]).
+    pub async fn query<T>(
+        &self,
+        work: impl AsyncFn(&mut AsyncMysqlConnection) -> diesel::QueryResult<T>,
+    ) -> Result<T, DbError> {
+        if self.replicas.is_empty() {
+            return self.primary.query(async |conn| work(conn).await).await;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len();
+        match self.replicas[i].query(async |conn| work(conn).await).await {
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                tracing::debug!(error = %e, replica = i, "replica read failed: read from the primary");
+                self.primary.query(async |conn| work(conn).await).await
+            }
+        }
     }
 }
 

@@ -71,6 +71,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(10);
 /// Connecting, and each control query, may take this long.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most marking the start position may delay start-up.
+const MARK_WITHIN: Duration = Duration::from_secs(2);
+
 /// Pause before the next session after one ended.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -188,8 +191,8 @@ enum Ended {
     LockLost,
     #[error("the server ended the binlog stream")]
     StreamClosed,
-    #[error("the binlog stream sent nothing for {0:?} while behind")]
-    Stalled(Duration),
+    #[error("the binlog stream sent nothing for {STALLED_AFTER:?} while behind (applied {applied}, the log ends at {end})")]
+    Stalled { applied: Position, end: Position },
     #[error("re-warm failed: {0}")]
     Rewarm(String),
 }
@@ -209,7 +212,12 @@ async fn bounded<T>(
 pub struct Follower {
     hooks: Hooks,
     warmer: Warmer,
+    /// The primary: the lock and the stored position.
     url: SecretString,
+    /// The server whose log is read: the first replica when there are some,
+    /// so that no refresh lands before the replica that misses read has the
+    /// change.
+    log_url: SecretString,
     server_id: u32,
     lag_warn: Duration,
     status: Arc<FollowerStatus>,
@@ -276,18 +284,22 @@ struct Progressed {
     stored_at: Instant,
     /// Changes of ours landed since the last store.
     dirty: bool,
+    /// When the log last sent anything.
     last_step: Instant,
+    /// Events read by then.
+    events: u64,
     last_check: Instant,
     last_warned: Option<Instant>,
 }
 
 impl Follower {
-    /// A follower of the log of the server at `url` (its database's
-    /// tables), refreshing through `hooks`, re-warming with `warmer`.
+    /// A follower of the log of the server at `log_url` (its database's
+    /// tables), holding its lock and position on `url`, refreshing through
+    /// `hooks`, re-warming with `warmer`.
     pub fn new(
         hooks: Hooks,
         warmer: Warmer,
-        url: SecretString,
+        (url, log_url): (SecretString, SecretString),
         server_id: u32,
         lag_warn: Duration,
         status: Arc<FollowerStatus>,
@@ -296,6 +308,7 @@ impl Follower {
             hooks,
             warmer,
             url,
+            log_url,
             server_id,
             lag_warn,
             status,
@@ -312,14 +325,44 @@ impl Follower {
     ) -> Result<Self, String> {
         crate::db::binlog::database_of(&settings.database_url)?;
         let warmer = Warmer::from_settings(settings, crate::service::warm::Tuning::default())?;
+        let log_url = settings
+            .database_replica_url
+            .first()
+            .unwrap_or(&settings.database_url)
+            .clone();
         Ok(Self::new(
             hooks,
             warmer,
-            settings.database_url.clone(),
+            (settings.database_url.clone(), log_url),
             settings.follow_server_id,
             Duration::from_secs(settings.follow_lag_warn_seconds.get()),
             status,
         ))
+    }
+
+    /// Before the service answers: when no position is stored yet (a new
+    /// database), stores the log's end now, so that every change committed
+    /// once the service is up is followed, however late the follower gets
+    /// going. Best effort, for at most [`MARK_WITHIN`]: with the log off
+    /// or MySQL away, the follower's first session decides.
+    pub async fn mark_start(&self) {
+        let attempt = async {
+            let mut control = Control::connect(&self.url, &self.log_url).await?;
+            let log = control.log_settings().await?;
+            if log.enabled
+                && log.format.eq_ignore_ascii_case("ROW")
+                && control.stored().await?.is_none()
+            {
+                let end = control.end().await?;
+                control.store_first(log.server_id, &end).await?;
+            }
+            Ok::<(), BinlogError>(())
+        };
+        match tokio::time::timeout(MARK_WITHIN, attempt).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "binlog start position not marked"),
+            Err(_) => tracing::debug!("binlog start position not marked: MySQL did not answer"),
+        }
     }
 
     /// Follows until the process ends: sessions one after another, each
@@ -346,7 +389,7 @@ impl Follower {
 
     /// One session: connect, wait for the lock, find where to start, follow.
     async fn session(&self) -> Result<(), Ended> {
-        let mut control = bounded("MySQL", Control::connect(&self.url)).await?;
+        let mut control = bounded("MySQL", Control::connect(&self.url, &self.log_url)).await?;
         let log = bounded("MySQL", control.log_settings()).await?;
         let unusable = if !log.enabled {
             Some("the server's binary log is off (log_bin)".to_owned())
@@ -439,7 +482,7 @@ impl Follower {
     ) -> Result<(), Ended> {
         let mut reader = match tokio::time::timeout(
             CONTROL_TIMEOUT,
-            Reader::open(&self.url, self.server_id(), &start),
+            Reader::open(&self.log_url, self.server_id(), &start),
         )
         .await
         {
@@ -456,6 +499,7 @@ impl Follower {
             stored_at: now,
             dirty: false,
             last_step: now,
+            events: 0,
             last_check: now - CHECK_EVERY,
             last_warned: None,
         };
@@ -497,12 +541,19 @@ impl Follower {
                     };
                     at.dirty = true;
                 }
+                // Before the log: a log that always has more must not keep
+                // the position from being stored, nor the lock from being
+                // checked.
+                _ = tick.tick() => {
+                    if reader.events() != at.events {
+                        at.events = reader.events();
+                        at.last_step = Instant::now();
+                    }
+                    self.upkeep(control, server_id, &mut at, !in_flight.is_empty()).await?;
+                }
                 step = reader.next(), if room => {
                     at.last_step = Instant::now();
                     on_step(step?, &mut at, &mut pending, in_flight.is_empty())?;
-                }
-                _ = tick.tick() => {
-                    self.upkeep(control, server_id, &mut at, !in_flight.is_empty()).await?;
                 }
             }
         }
@@ -585,7 +636,10 @@ impl Follower {
             (_, None) => at.stored_at.elapsed().as_secs_f64(),
         };
         if bytes > 0 && !refreshing && at.last_step.elapsed() >= STALLED_AFTER {
-            return Err(Ended::Stalled(STALLED_AFTER));
+            return Err(Ended::Stalled {
+                applied: at.applied.clone(),
+                end,
+            });
         }
         let behind = seconds > self.lag_warn.as_secs_f64();
         if behind

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::flight::Flights;
 use crate::cache::{Cache, Cached, Lease};
-use crate::db::{self, Db, DbError};
+use crate::db::{self, DbError, ReadDb};
 use crate::domain::{Entry, Pair, Presence, Relation, Status, Subject, UserId, Versioned};
 use crate::meters::{self, Lookup};
 
@@ -21,6 +21,15 @@ const MISS_CHUNK: usize = 500;
 
 /// The answer for `target` from what is known of it, or `None` when that is
 /// not enough (a miss).
+/// The newer of two copies of one subject (by version; `b` on a tie).
+fn newer<T>(a: Option<Versioned<T>>, b: Option<Versioned<T>>) -> Option<Versioned<T>> {
+    match (a, b) {
+        (Some(a), Some(b)) if a.version > b.version => Some(a),
+        (a, None) => a,
+        (_, b) => b,
+    }
+}
+
 fn answer(
     viewer: UserId,
     target: UserId,
@@ -84,12 +93,14 @@ pub struct StatusService {
 #[derive(Clone)]
 struct Reads {
     cache: Arc<Cache>,
-    db: Db,
+    /// A replica when there are some (misses may trail the primary by the
+    /// replication lag: `docs/consistency.md#read-replicas`).
+    db: ReadDb,
 }
 
 impl StatusService {
-    /// A service over `cache` and `db`.
-    pub fn new(cache: Arc<Cache>, db: Db) -> Self {
+    /// A service over `cache`, reading misses from `db`.
+    pub fn new(cache: Arc<Cache>, db: ReadDb) -> Self {
         Self {
             reads: Reads { cache, db },
             flights: Flights::default(),
@@ -129,6 +140,10 @@ impl StatusService {
             meters::single_flight_joined();
         }
         let (user, relation) = read?;
+        // A replica's read may trail what the cache already holds (a
+        // mutation's refresh, read from the primary): the newer of each.
+        let user = newer(cached.user, Some(user)).unwrap_or(user);
+        let relation = newer(cached.pair, relation);
         answer(viewer, target, Some(user), relation).unwrap_or(Ok(Status::Null))
     }
 
@@ -155,8 +170,15 @@ impl StatusService {
         let others: Vec<usize> = (0..targets.len())
             .filter(|&i| answers[i].is_none())
             .collect();
+        let mut cached_relations = vec![None; targets.len()];
         let (hits, redis_answered, foreign) = self
-            .cached_statuses(viewer, targets, &others, &mut answers)
+            .cached_statuses(
+                viewer,
+                targets,
+                &others,
+                &mut answers,
+                &mut cached_relations,
+            )
             .await;
         let misses: Vec<usize> = others
             .iter()
@@ -199,8 +221,10 @@ impl StatusService {
             };
             let snapshots = self.reads.leased(&subjects, foreign, read).await?;
             for (&i, snapshot) in chunk.iter().zip(&snapshots) {
-                answers[i] = answer(viewer, targets[i], Some(snapshot.user), snapshot.pair)
-                    .map(batch_status);
+                // As for a single miss: a replica's read may trail the cache.
+                let relation = newer(cached_relations[i], snapshot.pair);
+                answers[i] =
+                    answer(viewer, targets[i], Some(snapshot.user), relation).map(batch_status);
             }
         }
         Ok(answers
@@ -210,14 +234,17 @@ impl StatusService {
     }
 
     /// Answers what the cache can of `targets[i]` for each `i` in `others`
-    /// (never the viewer); returns how many it answered, whether Redis did
-    /// answer, and whether some key held a value that is not ours.
+    /// (never the viewer), keeping in `kept` the relations it found but could
+    /// not answer from (their user is not cached); returns how many it
+    /// answered, whether Redis did answer, and whether some key held a
+    /// value that is not ours.
     async fn cached_statuses(
         &self,
         viewer: UserId,
         targets: &[UserId],
         others: &[usize],
         answers: &mut [Option<Status>],
+        kept: &mut [Option<Versioned<Relation>>],
     ) -> (u64, bool, bool) {
         let asked: Vec<UserId> = others.iter().map(|&i| targets[i]).collect();
         let Ok((relations, mut foreign)) = self.reads.cache.lookup_pairs(viewer, &asked).await
@@ -247,6 +274,7 @@ impl StatusService {
         for (&(i, relation), presence) in related.iter().zip(presences) {
             answers[i] = answer(viewer, targets[i], presence, Some(relation)).map(batch_status);
             hits += u64::from(answers[i].is_some());
+            kept[i] = Some(relation);
         }
         (hits, true, foreign)
     }

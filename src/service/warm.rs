@@ -139,11 +139,13 @@ impl Warmer {
     ) -> Result<Self, String> {
         let cache = Cache::from_settings(settings)?;
         let redis = Self::redis_pool(&settings.redis_url, tuning.concurrency)?;
-        let pool = crate::db::pool(
-            &settings.database_url,
-            tuning.concurrency + 1,
-            settings.mysql_timeout(),
-        )?;
+        // Pages and re-reads may trail the primary like misses do: the first
+        // replica when there is one.
+        let url = settings
+            .database_replica_url
+            .first()
+            .unwrap_or(&settings.database_url);
+        let pool = crate::db::pool(url, tuning.concurrency + 1, settings.mysql_timeout())?;
         Ok(Self::new(
             cache,
             redis,

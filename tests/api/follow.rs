@@ -309,6 +309,32 @@ async fn ten_thousand_plain_sql_changes_to_a_thousand_pairs_agree_with_mysql_wit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_database_has_its_start_position_before_the_service_answers() {
+    // A change committed as soon as the service answers must be followed,
+    // however late the follower's task gets going: the position is marked
+    // during start-up, not by the follower's first session.
+    let db = PrivateMariaDb::with_binlog().await;
+    let app = app_on(&db, true).await;
+    assert!(position_stored(&app.store).await);
+    app.users(&[1, 2]).await;
+    app.store
+        .sql("INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'none')")
+        .await;
+    assert_eq!(app.status(1, 2).await, None);
+    writer(&app.store)
+        .await
+        .query_drop(
+            "UPDATE user_connections SET state = 'connected' WHERE user_low = 1 AND user_high = 2",
+        )
+        .await
+        .expect("update");
+    until("the change is followed", Duration::from_secs(5), || async {
+        app.status(1, 2).await.as_deref() == Some("connected")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_follower_the_same_changes_stay_stale() {
     // The check above has teeth: the same run with the follower off leaves
     // cached answers that disagree with MySQL.

@@ -540,23 +540,99 @@ pub struct PrivateMariaDb {
     pub port: u16,
     dir: std::path::PathBuf,
     child: Option<std::process::Child>,
-    /// Whether it keeps a binary log (ROW format).
-    binlog: bool,
+    /// Its server id when it keeps a binary log (ROW format).
+    binlog: Option<u32>,
+    /// Whether it checks privileges (root without a password from
+    /// 127.0.0.1): a primary whose replica must apply its triggers needs
+    /// a real definer.
+    grants: bool,
 }
 
 impl PrivateMariaDb {
     /// Creates the datadir, starts the server, waits until it answers.
     pub async fn start() -> Self {
-        Self::create(false).await
+        Self::create(None).await
     }
 
     /// A server with its binary log on, in ROW format, as the follower
     /// needs it.
     pub async fn with_binlog() -> Self {
-        Self::create(true).await
+        Self::create(Some(1)).await
     }
 
-    async fn create(binlog: bool) -> Self {
+    /// A primary for [`PrivateMariaDb::replica_of`]: its binary log on, and
+    /// privileges checked (so that triggers carry a definer the replica
+    /// accepts).
+    pub async fn primary() -> Self {
+        let mut db = Self::create(Some(1)).await;
+        db.grants = true;
+        std::fs::write(
+            db.dir.join("init.sql"),
+            // (Not logged: the replica, without privileges, could not
+            // apply it.)
+            "SET sql_log_bin = 0;\n\
+             CREATE USER IF NOT EXISTS 'root'@'127.0.0.1';\n\
+             GRANT ALL PRIVILEGES ON *.* TO 'root'@'127.0.0.1' WITH GRANT OPTION;\n",
+        )
+        .expect("init file");
+        db.restart().await;
+        db
+    }
+
+    /// A replica of `primary` (which keeps a binary log): its own log on
+    /// (what it applies included), replicating by GTID from the start.
+    pub async fn replica_of(primary: &PrivateMariaDb) -> Self {
+        let replica = Self::create(Some(2)).await;
+        replica
+            .execute(&format!(
+                "CHANGE MASTER TO MASTER_HOST = '127.0.0.1', MASTER_PORT = {}, MASTER_USER = 'root', \
+                 MASTER_USE_GTID = slave_pos; START SLAVE;",
+                primary.port
+            ))
+            .await;
+        replica
+    }
+
+    /// What a replica's `SHOW SLAVE STATUS` says went wrong, if anything.
+    pub async fn replication_error(&self) -> String {
+        let Ok(mut conn) = mysql_async::Conn::from_url(self.server().as_str()).await else {
+            return "replica unreachable".into();
+        };
+        let row: Option<mysql_async::Row> =
+            mysql_async::prelude::Queryable::query_first(&mut conn, "SHOW SLAVE STATUS")
+                .await
+                .unwrap_or_default();
+        let Some(row) = row else {
+            return "not a replica".into();
+        };
+        [
+            "Slave_IO_Running",
+            "Slave_SQL_Running",
+            "Last_IO_Error",
+            "Last_SQL_Error",
+        ]
+        .iter()
+        .map(|name| {
+            format!(
+                "{name}: {:?}",
+                row.get::<Option<String>, _>(*name).flatten()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
+
+    /// Runs statements on the server (no database selected).
+    pub async fn execute(&self, statements: &str) {
+        AsyncMysqlConnection::establish(&self.server())
+            .await
+            .expect("connect")
+            .batch_execute(statements)
+            .await
+            .unwrap_or_else(|e| panic!("{statements}: {e}"));
+    }
+
+    async fn create(binlog: Option<u32>) -> Self {
         let dir = std::env::temp_dir().join(unique("cs_mariadb_"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let status = std::process::Command::new("mariadb-install-db")
@@ -580,6 +656,7 @@ impl PrivateMariaDb {
             dir,
             child: None,
             binlog,
+            grants: false,
         };
         db.restart().await;
         db
@@ -602,20 +679,20 @@ impl PrivateMariaDb {
     pub async fn restart(&mut self) {
         self.kill();
         let child = std::process::Command::new("/usr/sbin/mariadbd")
-            .args([
-                "--no-defaults",
-                "--user=root",
-                "--skip-grant-tables",
-                "--skip-name-resolve",
-            ])
-            .args(if self.binlog {
-                &[
-                    "--log-bin=mariadb-bin",
-                    "--binlog-format=ROW",
-                    "--server-id=1",
-                ][..]
+            .args(["--no-defaults", "--user=root", "--skip-name-resolve"])
+            .arg(if self.grants {
+                format!("--init-file={}", self.dir.join("init.sql").display())
             } else {
-                &["--skip-log-bin"][..]
+                "--skip-grant-tables".to_owned()
+            })
+            .args(match self.binlog {
+                Some(id) => vec![
+                    "--log-bin=mariadb-bin".to_owned(),
+                    "--binlog-format=ROW".to_owned(),
+                    "--log-slave-updates".to_owned(),
+                    format!("--server-id={id}"),
+                ],
+                None => vec!["--skip-log-bin".to_owned()],
             })
             .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=32M"])
             .arg(format!("--port={}", self.port))

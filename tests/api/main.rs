@@ -18,6 +18,7 @@ mod mutations;
 mod never_wrong;
 mod operations;
 mod outbox;
+mod replicas;
 mod routes;
 mod schema;
 mod status;
