@@ -174,6 +174,9 @@ pub struct Reader {
     /// Where the reader is: the file, and the end of the last event read.
     at: Position,
     in_transaction: bool,
+    /// Whether this stream's format description has come (until then the
+    /// reader does not know the events carry checksums).
+    described: bool,
     /// Events read so far (of any kind: a stream of others' changes is not
     /// a stalled one).
     events: u64,
@@ -225,6 +228,7 @@ impl Reader {
             columns,
             at: from.clone(),
             in_transaction: false,
+            described: false,
             events: 0,
         })
     }
@@ -257,11 +261,14 @@ impl Reader {
                 self.at.pos = end;
             }
             match data {
+                Some(EventData::FormatDescriptionEvent(_)) => self.described = true,
                 // The rotate the server makes up at the stream's start only
-                // repeats the position asked for; it also comes before the
-                // format description, so its name would still carry the
-                // checksum's bytes.
-                Some(EventData::RotateEvent(rotate)) if end > 0 => {
+                // repeats the position asked for, and comes before the
+                // format description (its name would still carry the
+                // checksum's bytes). Every later one counts, made up or not:
+                // a file that ended without a rotate of its own (a restart, a
+                // crash) is followed by a made-up one naming the next file.
+                Some(EventData::RotateEvent(rotate)) if end > 0 || self.described => {
                     self.at = Position {
                         file: rotate.name().into_owned(),
                         pos: rotate.position(),
@@ -412,6 +419,30 @@ pub struct LogSettings {
     pub format: String,
     /// `@@server_id`.
     pub server_id: u32,
+    /// `@@binlog_row_image` (`FULL` is needed: a deleted row's version is
+    /// in its before image only then).
+    pub row_image: String,
+}
+
+impl LogSettings {
+    /// Why the follower cannot use this log, if it cannot.
+    pub fn unusable(&self) -> Option<String> {
+        if !self.enabled {
+            Some("the server's binary log is off (log_bin)".to_owned())
+        } else if !self.format.eq_ignore_ascii_case("ROW") {
+            Some(format!(
+                "binlog_format is {}, not ROW: changed rows cannot be seen",
+                self.format
+            ))
+        } else if !self.row_image.eq_ignore_ascii_case("FULL") {
+            Some(format!(
+                "binlog_row_image is {}, not FULL: a deleted row's version cannot be seen",
+                self.row_image
+            ))
+        } else {
+            None
+        }
+    }
 }
 
 /// The follower's control connections: one to the primary holds the lock
@@ -461,16 +492,17 @@ impl Control {
 
     /// How the server whose log is read keeps it.
     pub async fn log_settings(&mut self) -> Result<LogSettings, BinlogError> {
-        let row: Option<(u64, String, u32)> = self
+        let row: Option<(u64, String, u32, String)> = self
             .log()
-            .query_first("SELECT @@log_bin, @@binlog_format, @@server_id")
+            .query_first("SELECT @@log_bin, @@binlog_format, @@server_id, @@binlog_row_image")
             .await?;
-        let (enabled, format, server_id) =
+        let (enabled, format, server_id, row_image) =
             row.ok_or_else(|| BinlogError::Failed("no log settings".into()))?;
         Ok(LogSettings {
             enabled: enabled == 1,
             format,
             server_id,
+            row_image,
         })
     }
 

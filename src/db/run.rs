@@ -151,6 +151,11 @@ impl ReadDb {
         }
     }
 
+    /// The primary, for reads that must be exact.
+    pub fn primary(&self) -> &Db {
+        &self.primary
+    }
+
     /// Runs a read on the next replica, or on the primary (see [`ReadDb`]).
     pub async fn query<T>(
         &self,

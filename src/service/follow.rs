@@ -40,13 +40,38 @@ pub const CHUNK: usize = 1000;
 /// while the others wait on Redis, and the log is read meanwhile).
 const IN_FLIGHT: usize = 4;
 
-/// A chunk's refresh; yields the boundary it completes.
-type Chunk = std::pin::Pin<Box<dyn std::future::Future<Output = (Position, Option<u32>)> + Send>>;
+/// A chunk's refresh, as a task of its own (it goes on while the session
+/// waits on MySQL for its upkeep), aborted when dropped (a session that
+/// ends takes its refreshes with it); yields the boundary it completes.
+struct Chunk(tokio::task::JoinHandle<(Position, Option<u32>)>);
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl std::future::Future for Chunk {
+    /// `None`: the task failed (a panic), and the session must end.
+    type Output = Option<(Position, Option<u32>)>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
+/// The highest version the log gave each subject of the chunks in flight:
+/// a chunk that retries waits for it too, so that an older chunk's retry
+/// cannot take the key from a newer one's lease and fill an older state.
+type Latest = Arc<Mutex<HashMap<Subject, u64>>>;
 
 /// How long a refresh waits for MySQL to show a change the log has sent
 /// (the log is written before the commit is visible); well below the
 /// refresh's lease.
-const VISIBLE_WITHIN: Duration = Duration::from_secs(1);
+const VISIBLE_WITHIN: Duration = Duration::from_millis(500);
 
 /// How long rows may wait to be refreshed while the log keeps sending.
 const GATHER_FOR: Duration = Duration::from_millis(20);
@@ -70,6 +95,9 @@ const STALLED_AFTER: Duration = Duration::from_secs(10);
 
 /// Connecting, and each control query, may take this long.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest pause between sessions that keep failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// The most marking the start position may delay start-up.
 const MARK_WITHIN: Duration = Duration::from_secs(2);
@@ -195,6 +223,25 @@ enum Ended {
     Stalled { applied: Position, end: Position },
     #[error("re-warm failed: {0}")]
     Rewarm(String),
+    #[error("a refresh task failed")]
+    ChunkFailed,
+}
+
+impl Ended {
+    /// What `/readyz` may show of it (the public listener serves it too:
+    /// no server text; the log has the whole error).
+    fn public(&self) -> &'static str {
+        match self {
+            Self::Binlog(BinlogError::Unreadable(..)) => "the stored position cannot be read",
+            Self::Binlog(_) | Self::StreamClosed | Self::Stalled { .. } => {
+                "the binary log could not be read"
+            }
+            Self::Timeout(..) => "MySQL did not answer",
+            Self::LockLost => "the follower lock was lost",
+            Self::Rewarm(_) => "the re-warm failed",
+            Self::ChunkFailed => "a refresh task failed",
+        }
+    }
 }
 
 /// Runs `f` for at most [`CONTROL_TIMEOUT`].
@@ -221,6 +268,9 @@ pub struct Follower {
     server_id: u32,
     lag_warn: Duration,
     status: Arc<FollowerStatus>,
+    /// The last session could not read from the stored position: the next
+    /// one re-warms instead.
+    rewarm_next: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Follower {
@@ -312,6 +362,7 @@ impl Follower {
             server_id,
             lag_warn,
             status,
+            rewarm_next: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -349,10 +400,7 @@ impl Follower {
         let attempt = async {
             let mut control = Control::connect(&self.url, &self.log_url).await?;
             let log = control.log_settings().await?;
-            if log.enabled
-                && log.format.eq_ignore_ascii_case("ROW")
-                && control.stored().await?.is_none()
-            {
+            if log.unusable().is_none() && control.stored().await?.is_none() {
                 let end = control.end().await?;
                 control.store_first(log.server_id, &end).await?;
             }
@@ -368,14 +416,34 @@ impl Follower {
     /// Follows until the process ends: sessions one after another, each
     /// ended by an error (logged) and followed by a new one a second later.
     pub async fn run_forever(self) {
+        let mut failures: u32 = 0;
         loop {
-            if let Err(e) = self.session().await {
-                meters::follower_error();
-                tracing::warn!(error = %e, "binlog follower stopped; reconnecting");
-                self.status.set(State::Unavailable, Some(e.to_string()));
+            let started = Instant::now();
+            match self.session().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    meters::follower_error();
+                    tracing::warn!(error = %e, "binlog follower stopped; reconnecting");
+                    if matches!(e, Ended::Binlog(BinlogError::Unreadable(..))) {
+                        // The server cannot read from the stored position:
+                        // the changes since cannot be replayed.
+                        self.rewarm_next
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    self.status
+                        .set(State::Unavailable, Some(e.public().to_owned()));
+                    // A session that failed at once again and again (a re-warm
+                    // that cannot write, a server that refuses) backs off.
+                    failures = if started.elapsed() > MAX_BACKOFF {
+                        1
+                    } else {
+                        failures + 1
+                    };
+                }
             }
             meters::follower_lag(false, 0.0, 0, 0);
-            tokio::time::sleep(RECONNECT_AFTER).await;
+            let pause = RECONNECT_AFTER * 2u32.saturating_pow(failures.saturating_sub(1).min(5));
+            tokio::time::sleep(pause.min(MAX_BACKOFF)).await;
         }
     }
 
@@ -391,17 +459,7 @@ impl Follower {
     async fn session(&self) -> Result<(), Ended> {
         let mut control = bounded("MySQL", Control::connect(&self.url, &self.log_url)).await?;
         let log = bounded("MySQL", control.log_settings()).await?;
-        let unusable = if !log.enabled {
-            Some("the server's binary log is off (log_bin)".to_owned())
-        } else if !log.format.eq_ignore_ascii_case("ROW") {
-            Some(format!(
-                "binlog_format is {}, not ROW: changed rows cannot be seen",
-                log.format
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = unusable {
+        if let Some(why) = log.unusable() {
             if self.status.report().detail.as_deref() != Some(why.as_str()) {
                 tracing::warn!("binlog follower unavailable: {why}");
             }
@@ -421,12 +479,29 @@ impl Follower {
     /// The stored position if the log still has it; else (first start) the
     /// log's end; else (purged, or another server's) a re-warm.
     async fn start_at(&self, control: &mut Control, server_id: u32) -> Result<Position, Ended> {
-        let Some((stored_server, stored)) = bounded("MySQL", control.stored()).await? else {
+        if bounded("MySQL", control.stored()).await?.is_none() {
+            // Only ever the first position: another instance that marked
+            // its start meanwhile (before it answered) must not be moved on.
             let end = bounded("MySQL", control.end()).await?;
-            bounded("MySQL", control.store(server_id, &end)).await?;
-            tracing::info!(position = %end, "binlog follower starts at the log's end");
-            return Ok(end);
+            bounded("MySQL", control.store_first(server_id, &end)).await?;
+            tracing::info!("binlog follower: no position stored yet; starting at the log's end");
+        }
+        let Some((stored_server, stored)) = bounded("MySQL", control.stored()).await? else {
+            return Err(Ended::Binlog(BinlogError::Failed(
+                "no position stored".into(),
+            )));
         };
+        if self
+            .rewarm_next
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                position = %stored,
+                "binlog: the server cannot read its log from the stored position: \
+                 re-warming the whole cache, then following from the log's end"
+            );
+            return self.rewarm(control, server_id).await;
+        }
         let files = bounded("MySQL", control.files()).await?;
         let in_log = files
             .iter()
@@ -468,7 +543,9 @@ impl Follower {
             position = %end,
             "binlog: re-warm done; following from the log's end as it was before it"
         );
-        bounded("MySQL", control.store(server_id, &end)).await?;
+        if !bounded("MySQL", control.store(server_id, &end)).await? {
+            return Err(Ended::LockLost);
+        }
         self.status.set(State::Active, None);
         Ok(end)
     }
@@ -500,7 +577,7 @@ impl Follower {
             dirty: false,
             last_step: now,
             events: 0,
-            last_check: now - CHECK_EVERY,
+            last_check: now.checked_sub(CHECK_EVERY).unwrap_or(now),
             last_warned: None,
         };
         let mut pending = Pending::default();
@@ -508,6 +585,7 @@ impl Follower {
         // read when it was cut: once it and every older one have landed,
         // everything before that boundary has.
         let mut in_flight: FuturesOrdered<Chunk> = FuturesOrdered::new();
+        let latest = Latest::default();
         let mut tick = tokio::time::interval(STORE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -525,13 +603,16 @@ impl Follower {
                         on_step(step?, &mut at, &mut pending, in_flight.is_empty())?;
                         continue;
                     }
-                    None => in_flight.push_back(self.chunk(pending.take(), &at)),
+                    None => in_flight.push_back(self.chunk(pending.take(), &at, &latest)),
                 }
             }
             let room = in_flight.len() < IN_FLIGHT || pending.subjects.len() < CHUNK;
             tokio::select! {
                 biased;
-                Some((position, when)) = in_flight.next() => {
+                Some(landed) = in_flight.next() => {
+                    let Some((position, when)) = landed else {
+                        return Err(Ended::ChunkFailed);
+                    };
                     // The newest boundary read, when nothing else waits.
                     let newest = in_flight.is_empty() && pending.is_empty();
                     (at.applied, at.applied_at) = if newest {
@@ -561,13 +642,15 @@ impl Follower {
 
     /// A chunk's refresh, retried until it lands (the position does not
     /// move past it meanwhile; the lock is checked by the upkeep).
-    fn chunk(&self, subjects: Vec<(Subject, u64)>, at: &Progressed) -> Chunk {
-        let hooks = self.hooks.clone();
+    fn chunk(&self, subjects: Vec<(Subject, u64)>, at: &Progressed, latest: &Latest) -> Chunk {
+        note_latest(&mut lock(latest), &subjects);
+        let (hooks, latest) = (self.hooks.clone(), latest.clone());
         let done = (at.read.clone(), at.read_at);
-        Box::pin(async move {
+        Chunk(tokio::spawn(async move {
             let mut pause = Duration::from_millis(100);
             loop {
-                match hooks.refresh_unqueued(&subjects, VISIBLE_WITHIN).await {
+                let wanted = wanted_now(&lock(&latest), &subjects);
+                match hooks.refresh_unqueued(&wanted, VISIBLE_WITHIN).await {
                     Ok(landed) => {
                         meters::follower_applied(0, subjects.len() as u64);
                         if landed.unseen > 0 {
@@ -579,6 +662,7 @@ impl Follower {
                                 "binlog follower: MySQL still showed an older version than the log {VISIBLE_WITHIN:?} later; refreshed as read"
                             );
                         }
+                        forget_landed(&mut lock(&latest), &wanted);
                         return done;
                     }
                     Err(e) => {
@@ -588,7 +672,7 @@ impl Follower {
                     }
                 }
             }
-        })
+        }))
     }
 
     /// Between steps: stores the position when due, and every
@@ -669,6 +753,40 @@ impl Follower {
     }
 }
 
+/// The map, even if a thread panicked holding it (its content stays valid:
+/// every update is one insert or removal).
+fn lock(latest: &Latest) -> std::sync::MutexGuard<'_, HashMap<Subject, u64>> {
+    latest
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Records the versions a chunk about to be refreshed asks for.
+fn note_latest(latest: &mut HashMap<Subject, u64>, chunk: &[(Subject, u64)]) {
+    for &(subject, version) in chunk {
+        let known = latest.entry(subject).or_insert(version);
+        *known = (*known).max(version);
+    }
+}
+
+/// What an attempt of `chunk` asks for now: for each subject the highest
+/// version any chunk in flight asks for.
+fn wanted_now(latest: &HashMap<Subject, u64>, chunk: &[(Subject, u64)]) -> Vec<(Subject, u64)> {
+    chunk
+        .iter()
+        .map(|&(s, v)| (s, latest.get(&s).copied().unwrap_or(v).max(v)))
+        .collect()
+}
+
+/// Forgets the versions a landed attempt reached (not those raised since).
+fn forget_landed(latest: &mut HashMap<Subject, u64>, landed: &[(Subject, u64)]) {
+    for &(subject, version) in landed {
+        if latest.get(&subject).is_some_and(|&v| v <= version) {
+            latest.remove(&subject);
+        }
+    }
+}
+
 /// Takes one step of the log into the session's state.
 fn on_step(
     step: Option<Step>,
@@ -744,6 +862,30 @@ mod tests {
             bytes_between(&files, &at("b.000002", 100), &at("b.000003", 10)),
             400 + 10
         );
+    }
+
+    #[test]
+    fn an_older_chunk_that_retries_asks_for_a_newer_chunks_version() {
+        // Chunk 1 asks for user 1 at version 3 and fails; chunk 2, cut
+        // meanwhile, asks for version 5. Chunk 1's retry must ask for 5:
+        // else it could take the key from chunk 2's lease and fill 3.
+        let user = |id| Subject::User(crate::domain::UserId::new(id).expect("id"));
+        let mut latest = HashMap::new();
+        let first = vec![(user(1), 3), (user(2), 1)];
+        note_latest(&mut latest, &first);
+        let second = vec![(user(1), 5)];
+        note_latest(&mut latest, &second);
+        assert_eq!(
+            wanted_now(&latest, &first),
+            vec![(user(1), 5), (user(2), 1)]
+        );
+        // Landed at 5: user 1 is forgotten; user 2 too.
+        forget_landed(&mut latest, &[(user(1), 5), (user(2), 1)]);
+        assert!(latest.is_empty());
+        // A landing below a later ask keeps the later ask.
+        note_latest(&mut latest, &[(user(1), 9)]);
+        forget_landed(&mut latest, &[(user(1), 5)]);
+        assert_eq!(latest.get(&user(1)), Some(&9));
     }
 
     #[test]

@@ -19,8 +19,6 @@ use crate::meters::{self, Lookup};
 /// Misses read from MySQL per query in a batch.
 const MISS_CHUNK: usize = 500;
 
-/// The answer for `target` from what is known of it, or `None` when that is
-/// not enough (a miss).
 /// The newer of two copies of one subject (by version; `b` on a tie).
 fn newer<T>(a: Option<Versioned<T>>, b: Option<Versioned<T>>) -> Option<Versioned<T>> {
     match (a, b) {
@@ -30,6 +28,8 @@ fn newer<T>(a: Option<Versioned<T>>, b: Option<Versioned<T>>) -> Option<Versione
     }
 }
 
+/// The answer for `target` from what is known of it, or `None` when that is
+/// not enough (a miss).
 fn answer(
     viewer: UserId,
     target: UserId,
@@ -112,6 +112,7 @@ impl StatusService {
     pub async fn status(&self, viewer: UserId, target: UserId) -> Result<Status, LookupError> {
         let ticket = self.flights.ticket();
         let pair = Pair::new(viewer, target);
+        let mut redis_failed = false;
         let cached = match self.reads.cache.lookup(target, pair).await {
             Ok(cached) => {
                 if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
@@ -123,17 +124,25 @@ impl StatusService {
             }
             Err(_) => {
                 meters::cache_lookups(Lookup::Error, 1);
+                redis_failed = true;
                 Cached::default()
             }
         };
         // With the user's entry cached (it exists, else the cache had
         // answered) only the pair is read.
         let known_user = cached.user.filter(|_| pair.is_some());
+        // Without the cache's copy to compare with (Redis failed), or with
+        // a foreign value to replace (refresh-style leases), a replica's
+        // older state could be answered or written over a newer one: such
+        // misses read the primary.
+        let exact = redis_failed || cached.foreign;
         let reads = self.reads.clone();
         let (read, joined) = self
             .flights
             .run((target, pair, known_user), ticket, move || async move {
-                reads.miss(target, pair, known_user, cached.foreign).await
+                reads
+                    .miss(target, pair, known_user, cached.foreign, exact)
+                    .await
             })
             .await;
         if joined {
@@ -205,7 +214,8 @@ impl StatusService {
                 .collect();
             // The entries in the order of `subjects`.
             let read = async || {
-                let snapshots = self.reads.read_many(viewer, &wanted).await?;
+                let exact = !redis_answered || foreign;
+                let snapshots = self.reads.read_many(viewer, &wanted, exact).await?;
                 let mut entries = Vec::with_capacity(subjects.len());
                 for (&target, snapshot) in wanted.iter().zip(&snapshots) {
                     entries.push(Some(Entry::User(target, snapshot.user)));
@@ -290,12 +300,12 @@ impl Reads {
         pair: Option<Pair>,
         known_user: Option<Versioned<Presence>>,
         foreign: bool,
+        exact: bool,
     ) -> MissRead {
         if let (Some(user), Some(pair)) = (known_user, pair) {
             let read = async || {
                 let relation = self
-                    .db
-                    .query(async |conn| db::reads::pair(conn, pair).await)
+                    .query(exact, async |conn| db::reads::pair(conn, pair).await)
                     .await?;
                 Ok((relation, vec![Some(Entry::Pair(pair, relation))]))
             };
@@ -305,7 +315,7 @@ impl Reads {
         let mut subjects = vec![Subject::User(target)];
         subjects.extend(pair.map(Subject::Pair));
         let read = async || {
-            let snapshot = self.read(target, pair).await?;
+            let snapshot = self.read(target, pair, exact).await?;
             let mut entries = vec![Some(Entry::User(target, snapshot.user))];
             if let (Some(pair), Some(relation)) = (pair, snapshot.pair) {
                 entries.push(fillable_pair(snapshot.user, pair, relation));
@@ -368,10 +378,12 @@ impl Reads {
         &self,
         viewer: UserId,
         targets: &[UserId],
+        exact: bool,
     ) -> Result<Vec<db::reads::Snapshot>, LookupError> {
         Ok(self
-            .db
-            .query(async |conn| db::reads::snapshots(conn, viewer, targets).await)
+            .query(exact, async |conn| {
+                db::reads::snapshots(conn, viewer, targets).await
+            })
             .await?)
     }
 
@@ -379,10 +391,26 @@ impl Reads {
         &self,
         target: UserId,
         pair: Option<Pair>,
+        exact: bool,
     ) -> Result<db::reads::Snapshot, LookupError> {
         Ok(self
-            .db
-            .query(async |conn| db::reads::snapshot(conn, target, pair).await)
+            .query(exact, async |conn| {
+                db::reads::snapshot(conn, target, pair).await
+            })
             .await?)
+    }
+
+    /// A read on the primary when it must be `exact`, else where reads go
+    /// (a replica when there are some).
+    async fn query<T>(
+        &self,
+        exact: bool,
+        work: impl AsyncFn(&mut diesel_async::AsyncMysqlConnection) -> diesel::QueryResult<T>,
+    ) -> Result<T, DbError> {
+        if exact {
+            self.db.primary().query(async |conn| work(conn).await).await
+        } else {
+            self.db.query(work).await
+        }
     }
 }

@@ -542,6 +542,8 @@ pub struct PrivateMariaDb {
     child: Option<std::process::Child>,
     /// Its server id when it keeps a binary log (ROW format).
     binlog: Option<u32>,
+    /// More server options.
+    options: Vec<String>,
     /// Whether it checks privileges (root without a password from
     /// 127.0.0.1): a primary whose replica must apply its triggers needs
     /// a real definer.
@@ -558,6 +560,14 @@ impl PrivateMariaDb {
     /// needs it.
     pub async fn with_binlog() -> Self {
         Self::create(Some(1)).await
+    }
+
+    /// A server with its binary log on and `options` besides.
+    pub async fn with_binlog_and(options: &[&str]) -> Self {
+        let mut db = Self::create(Some(1)).await;
+        db.options = options.iter().map(|o| (*o).to_owned()).collect();
+        db.restart().await;
+        db
     }
 
     /// A primary for [`PrivateMariaDb::replica_of`]: its binary log on, and
@@ -634,7 +644,11 @@ impl PrivateMariaDb {
 
     async fn create(binlog: Option<u32>) -> Self {
         let dir = std::env::temp_dir().join(unique("cs_mariadb_"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Each server keeps its temporary files to itself: servers started
+        // at once with the same tmpdir can collide on temporary table names
+        // (seen: mariadb-install-db failing with "Unknown table
+        // 'mysql.tmp_user_sys'" when several ran together).
+        std::fs::create_dir_all(dir.join("tmp")).expect("temp dir");
         let status = std::process::Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
@@ -643,6 +657,8 @@ impl PrivateMariaDb {
                 "--skip-test-db",
             ])
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
+            .env("TMPDIR", dir.join("tmp"))
             .output()
             .expect("mariadb-install-db is installed (scripts/services.sh installs it)");
         assert!(
@@ -656,6 +672,7 @@ impl PrivateMariaDb {
             dir,
             child: None,
             binlog,
+            options: Vec::new(),
             grants: false,
         };
         db.restart().await;
@@ -665,6 +682,16 @@ impl PrivateMariaDb {
     /// The server URL (no database).
     pub fn server(&self) -> String {
         format!("mysql://root@127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server cleanly (SIGTERM, then waits), as an operator's
+    /// restart would; `restart` starts it again.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
@@ -694,9 +721,11 @@ impl PrivateMariaDb {
                 ],
                 None => vec!["--skip-log-bin".to_owned()],
             })
+            .args(&self.options)
             .args(["--bind-address=127.0.0.1", "--innodb-buffer-pool-size=32M"])
             .arg(format!("--port={}", self.port))
             .arg(format!("--datadir={}", self.dir.join("data").display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!("--socket={}", self.dir.join("sock").display()))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())

@@ -62,15 +62,15 @@ async fn with_replication_stopped_for_30_s_answers_trail_the_primary_then_catch_
     let replica_url = format!("{}/{name}", replica.server());
     store
         .sql(
-            "INSERT INTO users (id) VALUES (1), (2), (3); \
-             INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'none'), (1, 3, 'none')",
+            "INSERT INTO users (id) VALUES (1), (2), (3), (4); \
+             INSERT INTO user_connections (user_low, user_high, state) VALUES (1, 2, 'none'), (1, 3, 'none'), (1, 4, 'none')",
         )
         .await;
     let started = Instant::now();
     while !counts(
         &replica_url,
         "SELECT COUNT(*) AS n FROM user_connections",
-        2,
+        3,
     )
     .await
     {
@@ -105,7 +105,7 @@ async fn with_replication_stopped_for_30_s_answers_trail_the_primary_then_catch_
         .await
         .expect("connect")
         .batch_execute(
-            "UPDATE user_connections SET state = 'connected' WHERE user_low = 1 AND user_high = 2",
+            "UPDATE user_connections SET state = 'connected' WHERE user_low = 1 AND user_high IN (2, 4)",
         )
         .await
         .expect("update");
@@ -149,6 +149,16 @@ async fn with_replication_stopped_for_30_s_answers_trail_the_primary_then_catch_
         batch["connection_statuses"]["3"],
         json!("sent_connection_request")
     );
+    // A key holding a value that is not ours is replaced by a miss whatever
+    // it holds: that miss reads the primary, never a replica's older state.
+    let _: () = redis::AsyncCommands::set(
+        &mut app.store.redis().await,
+        format!("{}p:1:4", app.store.prefix),
+        "not ours",
+    )
+    .await
+    .expect("SET");
+    assert_eq!(app.status(1, 4).await.as_deref(), Some("connected"));
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
     assert_eq!(app.status(1, 2).await, None);
 
