@@ -539,7 +539,10 @@ async fn a_follower_killed_mid_stream_misses_nothing_once_restarted() {
     let took = until_all_agree(&app, &pairs, Duration::from_secs(10)).await;
     eprintln!("caught up {took:?} after the restart");
     assert!(restarted.logged("binlog follower resumes"));
-    assert!(!restarted.logged("re-warm"), "it re-warmed instead of resuming");
+    assert!(
+        !restarted.logged("re-warm"),
+        "it re-warmed instead of resuming"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
