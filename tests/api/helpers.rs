@@ -260,6 +260,21 @@ impl TestApp {
             .expect("request")
     }
 
+    /// `POST /api/v2/user/connection/statuses/` for `users` as `viewer`:
+    /// the status and the JSON body.
+    pub async fn batch(&self, viewer: u64, users: &[u64]) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/api/v2/user/connection/statuses/", self.address))
+            .bearer_auth(self.token(viewer))
+            .json(&json!({ "users": users }))
+            .send()
+            .await
+            .expect("batch");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("json"))
+    }
+
     /// Inserts users `ids`.
     pub async fn users(&self, ids: &[u64]) {
         let values: Vec<String> = ids.iter().map(|id| format!("({id})")).collect();

@@ -134,17 +134,8 @@ async fn with_replication_stopped_for_30_s_answers_trail_the_primary_then_catch_
     );
     // So is a batch, whose miss (the user's entry gone) reads the replica.
     app.store.evict("u:3").await;
-    let batch: serde_json::Value = app
-        .client
-        .post(format!("{}/api/v2/user/connection/statuses/", app.address))
-        .bearer_auth(app.token(1))
-        .json(&json!({ "users": [3] }))
-        .send()
-        .await
-        .expect("batch")
-        .json()
-        .await
-        .expect("json");
+    let (status, batch) = app.batch(1, &[3]).await;
+    assert_eq!(status, 200);
     assert_eq!(
         batch["connection_statuses"]["3"],
         json!("sent_connection_request")
