@@ -676,6 +676,10 @@ impl PrivateMariaDb {
             .env("TMPDIR", dir.join("tmp"))
             .output()
             .expect("mariadb-install-db is installed (scripts/services.sh installs it)");
+        if !status.status.success() {
+            // Not yet owned by a handle whose drop would remove it.
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         assert!(
             status.status.success(),
             "mariadb-install-db failed: {}{}",
