@@ -233,11 +233,6 @@ impl Reader {
         })
     }
 
-    /// Where the reader is now.
-    pub fn position(&self) -> &Position {
-        &self.at
-    }
-
     /// How many events it has read.
     pub fn events(&self) -> u64 {
         self.events
@@ -575,21 +570,22 @@ impl Control {
         Ok(row.map(|(server, file, pos)| (server, Position { file, pos })))
     }
 
-    /// Stores `position` of server `server_id` when no position is stored
-    /// yet (no lock needed: it only ever sets the first one).
-    pub async fn store_first(
-        &mut self,
-        server_id: u32,
-        position: &Position,
-    ) -> Result<(), BinlogError> {
+    /// When no position is stored yet, stores the log's end as the first
+    /// one (no lock needed: it never moves a stored one); true when there
+    /// was none.
+    pub async fn mark_first(&mut self, server_id: u32) -> Result<bool, BinlogError> {
+        if self.stored().await?.is_some() {
+            return Ok(false);
+        }
+        let end = self.end().await?;
         self.conn
             .exec_drop(
                 "INSERT IGNORE INTO binlog_follower_position (id, server_id, file, pos, updated_at) \
                  VALUES (1, ?, ?, ?, NOW(6))",
-                (server_id, &position.file, position.pos),
+                (server_id, &end.file, end.pos),
             )
             .await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Stores `position` of server `server_id`, if this connection still

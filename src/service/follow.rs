@@ -400,9 +400,8 @@ impl Follower {
         let attempt = async {
             let mut control = Control::connect(&self.url, &self.log_url).await?;
             let log = control.log_settings().await?;
-            if log.unusable().is_none() && control.stored().await?.is_none() {
-                let end = control.end().await?;
-                control.store_first(log.server_id, &end).await?;
+            if log.unusable().is_none() {
+                control.mark_first(log.server_id).await?;
             }
             Ok::<(), BinlogError>(())
         };
@@ -479,11 +478,9 @@ impl Follower {
     /// The stored position if the log still has it; else (first start) the
     /// log's end; else (purged, or another server's) a re-warm.
     async fn start_at(&self, control: &mut Control, server_id: u32) -> Result<Position, Ended> {
-        if bounded("MySQL", control.stored()).await?.is_none() {
-            // Only ever the first position: another instance that marked
-            // its start meanwhile (before it answered) must not be moved on.
-            let end = bounded("MySQL", control.end()).await?;
-            bounded("MySQL", control.store_first(server_id, &end)).await?;
+        // Only ever the first position: another instance that marked its
+        // start meanwhile (before it answered) must not be moved on.
+        if bounded("MySQL", control.mark_first(server_id)).await? {
             tracing::info!("binlog follower: no position stored yet; starting at the log's end");
         }
         let Some((stored_server, stored)) = bounded("MySQL", control.stored()).await? else {

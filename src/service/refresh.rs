@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
 
-use crate::cache::{Cache, CacheError, ServerIdentity};
+use crate::cache::{Cache, CacheError, Lease, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
 use crate::domain::{Entry, Pair, Subject, UserId};
@@ -203,27 +203,19 @@ impl Hooks {
         }
         let n = wanted.len() as u64;
         let subjects: Vec<Subject> = wanted.iter().map(|&(s, _)| s).collect();
+        // Redis away: nothing to read for.
         let leases = match self.cache.lease(&subjects, true).await {
-            Ok(leases) => leases,
+            Ok(leases) => Ok(leases),
             Err(e) => {
                 meters::cache_fill_errors(n);
                 return Err(NotLanded::Redis(e));
             }
         };
-        let (entries, unseen) = match self.read_at_least(wanted, patience).await {
-            Ok(read) => read,
-            Err(e) => {
-                let back: Vec<_> = leases.into_iter().flatten().map(|l| (l, None)).collect();
-                let _ = self.cache.fill_leased(&back).await;
-                return Err(NotLanded::Mysql(e));
-            }
-        };
-        let fills: Vec<_> = leases
-            .into_iter()
-            .zip(&entries)
-            .filter_map(|(lease, &entry)| Some((lease?, Some(entry))))
-            .collect();
-        match self.cache.fill_leased(&fills).await {
+        let (_, unseen, outcome) = self
+            .read_then_fill(leases, async || self.read_at_least(wanted, patience).await)
+            .await
+            .map_err(NotLanded::Mysql)?;
+        match outcome {
             Ok(written) => {
                 meters::cache_fills(written, n);
                 Ok(Landed { written, unseen })
@@ -361,17 +353,33 @@ impl Hooks {
         subjects: &[Subject],
     ) -> Result<(Vec<Entry>, Result<u64, CacheError>), HookError> {
         let leases = self.cache.lease(subjects, true).await;
-        let read = self
-            .db
-            .query(async |conn| match subjects {
-                [one] => Ok(vec![read_entry(conn, *one).await?]),
-                // Many (the follower's chunks, bulk refreshes): a query per
-                // table, not one per subject.
-                many => reads::entries(conn, many).await,
-            })
-            .await;
-        let entries = match read {
-            Ok(entries) => entries,
+        let read = async || {
+            let entries = self
+                .db
+                .query(async |conn| match subjects {
+                    [one] => Ok(vec![read_entry(conn, *one).await?]),
+                    // Many (bulk refreshes): a query per table, not one per
+                    // subject.
+                    many => reads::entries(conn, many).await,
+                })
+                .await?;
+            Ok((entries, ()))
+        };
+        let (entries, (), outcome) = self.read_then_fill(leases, read).await?;
+        Ok((entries, outcome))
+    }
+
+    /// The read and the fills of a leased refresh: `read` (after the leases
+    /// were taken) gives the entries in the order of the leases, each is
+    /// filled while its lease is still in its key; on a MySQL failure the
+    /// leases are given back. Without leases (Redis failed), only the read.
+    async fn read_then_fill<X>(
+        &self,
+        leases: Result<Vec<Option<Lease>>, CacheError>,
+        read: impl AsyncFnOnce() -> Result<(Vec<Entry>, X), DbError>,
+    ) -> Result<(Vec<Entry>, X, Result<u64, CacheError>), DbError> {
+        let (entries, extra) = match read().await {
+            Ok(read) => read,
             Err(e) => {
                 if let Ok(leases) = leases {
                     let back: Vec<_> = leases.into_iter().flatten().map(|l| (l, None)).collect();
@@ -391,7 +399,7 @@ impl Hooks {
             }
             Err(e) => Err(e),
         };
-        Ok((entries, outcome))
+        Ok((entries, extra, outcome))
     }
 
     /// Records the outcome of writing `entries` in the metrics and the

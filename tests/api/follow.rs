@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -277,6 +278,15 @@ impl Drop for FollowProcess {
     }
 }
 
+/// The stored position's offset (and file), if any.
+async fn stored_offset(store: &Isolated) -> Option<(String, u64)> {
+    writer(store)
+        .await
+        .query_first("SELECT file, pos FROM binlog_follower_position")
+        .await
+        .expect("position")
+}
+
 /// Whether a follower has stored a position for `store`'s database.
 async fn position_stored(store: &Isolated) -> bool {
     let mut conn = writer(store).await;
@@ -285,6 +295,17 @@ async fn position_stored(store: &Isolated) -> bool {
         .await
         .expect("count");
     n == Some(1)
+}
+
+/// A service with its follower on, over a private server with its log on:
+/// users 1..=`users`, the first `pairs` pairs among them, all cached.
+async fn followed(users: u64, pairs: usize) -> (PrivateMariaDb, TestApp, Vec<(u64, u64)>) {
+    let db = PrivateMariaDb::with_binlog().await;
+    let app = app_on(&db, true).await;
+    let pairs = graph(&app.store, users, pairs).await;
+    until_following(&app).await;
+    assert!(disagreements(&app, &pairs).await.is_empty());
+    (db, app, pairs)
 }
 
 /// Waits until `app`'s own follower is active.
@@ -300,11 +321,7 @@ async fn until_following(app: &TestApp) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_plain_sql_changes_to_a_thousand_pairs_agree_with_mysql_within_two_seconds() {
     // Arrange: 1 000 pairs, every one cached; the follower on.
-    let db = PrivateMariaDb::with_binlog().await;
-    let app = app_on(&db, true).await;
-    let pairs = graph(&app.store, 50, 1000).await;
-    until_following(&app).await;
-    assert!(disagreements(&app, &pairs).await.is_empty());
+    let (_db, app, pairs) = followed(50, 1000).await;
 
     // Act: 10 000 random changes by plain SQL from another client, no event.
     let mut conn = writer(&app.store).await;
@@ -455,11 +472,7 @@ async fn without_the_follower_the_same_changes_stay_stale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_single_commits_each_reach_the_answer() {
     // Arrange: user 1 and ten others, all pairs cached.
-    let db = PrivateMariaDb::with_binlog().await;
-    let app = app_on(&db, true).await;
-    let pairs = graph(&app.store, 11, 10).await;
-    until_following(&app).await;
-    assert!(disagreements(&app, &pairs).await.is_empty());
+    let (_db, app, _pairs) = followed(11, 10).await;
     let mut conn = writer(&app.store).await;
 
     // Act: 1 000 commits, one at a time, each flipping one pair; after each,
@@ -504,21 +517,45 @@ async fn a_follower_killed_mid_stream_misses_nothing_once_restarted() {
     let mut follower = FollowProcess::following(&app.store).await;
     assert!(disagreements(&app, &pairs).await.is_empty());
 
-    // Act: SIGKILL in the middle of a stream of changes; more changes while
-    // no follower runs; then a new follower.
-    let store_url = app.store.database_url.clone();
-    let stream_pairs = pairs.clone();
-    let stream = tokio::spawn(async move {
-        let mut conn = mysql_async::Conn::from_url(store_url.as_str())
-            .await
-            .expect("connect");
-        random_changes(&mut conn, &stream_pairs, 3000, 21).await;
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Act: a stream of changes that goes on until told to stop; SIGKILL once
+    // the follower has stored a position inside it (so, in its middle);
+    // 500 more changes while no follower runs; then a new follower.
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = {
+        let (url, pairs) = (app.store.database_url.clone(), pairs.clone());
+        let (written, stop) = (written.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut conn = mysql_async::Conn::from_url(url.as_str())
+                .await
+                .expect("connect");
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) {
+                random_changes(&mut conn, &pairs, 100, 21 + round).await;
+                written.fetch_add(100, Ordering::Relaxed);
+                round += 1;
+            }
+        })
+    };
+    let started_at = stored_offset(&app.store).await;
+    until(
+        "a position inside the stream is stored",
+        Duration::from_secs(15),
+        || async {
+            written.load(Ordering::Relaxed) > 0 && stored_offset(&app.store).await != started_at
+        },
+    )
+    .await;
     follower.kill();
+    let at_kill = written.load(Ordering::Relaxed);
+    until(
+        "500 changes while no follower runs",
+        Duration::from_secs(30),
+        || async { written.load(Ordering::Relaxed) >= at_kill + 500 },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
     stream.await.expect("writer");
-    let mut conn = writer(&app.store).await;
-    random_changes(&mut conn, &pairs, 500, 22).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         !disagreements(&app, &pairs).await.is_empty(),
@@ -792,11 +829,7 @@ async fn a_refresh_from_the_log_waits_until_mysql_shows_the_logged_version() {
 async fn a_rolled_back_transaction_refreshes_nothing() {
     // Arrange: pairs (1, 2..=21) cached; the entries of (1, 2..=11) replaced
     // by a marker no refresh would write (the right version, another state).
-    let db = PrivateMariaDb::with_binlog().await;
-    let app = app_on(&db, true).await;
-    let pairs = graph(&app.store, 21, 20).await;
-    until_following(&app).await;
-    assert!(disagreements(&app, &pairs).await.is_empty());
+    let (_db, app, _pairs) = followed(21, 20).await;
     let mut redis = app.store.redis().await;
     for other in 2..=11 {
         let _: () = redis::AsyncCommands::set(
