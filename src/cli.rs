@@ -273,7 +273,11 @@ async fn seed_graph(settings: &Settings, spec: seed::Spec, reset: bool) -> anyho
     // graph would stay in place (a newer version wins), so they must go.
     let cache = Cache::from_settings(settings).map_err(anyhow::Error::msg)?;
     match cache.purge().await {
-        Ok(n) => println!("cache: removed {n} entries under {}", settings.cache.redis_prefix),
+        Ok(Some(n)) => println!("cache: removed {n} entries under {}", settings.cache.redis_prefix),
+        Ok(None) => println!(
+            "cache: not cleared (a cluster is not scanned): set CONNSTATUS_REDIS_PREFIX to a new prefix (now {}) for the instances that serve this graph",
+            settings.cache.redis_prefix
+        ),
         Err(e) => anyhow::bail!("the graph is in MySQL, but clearing the cache failed ({e}); run seed again once Redis is up"),
     }
     for (other, status) in summary.examples {

@@ -49,7 +49,8 @@ pub struct Settings {
     /// `DATABASE_URL`: `mysql://user:password@host:port/database`.
     #[serde(deserialize_with = "mysql_url")]
     pub database_url: SecretString,
-    /// `REDIS_URL`: `redis://host:port[/db]`.
+    /// `REDIS_URL`: `redis://host:port[/db]`; in cluster mode the seed
+    /// nodes, in sentinel mode the sentinels, comma-separated.
     #[serde(deserialize_with = "redis_url")]
     pub redis_url: SecretString,
     /// `CONNSTATUS_BIND`: the public listener.
@@ -171,14 +172,40 @@ pub struct JwtSettings {
     pub jwt_user_claim: String,
 }
 
+/// How the service reaches Redis (`CONNSTATUS_REDIS_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a proxy in front of many): `REDIS_URL` is its URL.
+    Standalone,
+    /// Redis Cluster: `REDIS_URL` lists seed nodes; keys are routed by slot.
+    Cluster,
+    /// Redis Sentinel: `REDIS_URL` lists the sentinels, which name the
+    /// master of `CONNSTATUS_REDIS_SENTINEL_MASTER`.
+    Sentinel,
+}
+
 /// Redis cache settings. The numbers stay plain (the cache reads them as
 /// such); the positive ones are checked as they are read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct CacheSettings {
+    /// `CONNSTATUS_REDIS_MODE`: `standalone`, `cluster` or `sentinel`.
+    #[serde(deserialize_with = "redis_mode")]
+    pub redis_mode: RedisMode,
+    /// `CONNSTATUS_REDIS_SENTINEL_MASTER`: the master set's name (sentinel
+    /// mode only).
+    #[serde(default, deserialize_with = "lenient_opt_string")]
+    pub redis_sentinel_master: Option<String>,
     /// `CONNSTATUS_REDIS_PREFIX`: prefix of every key (isolates tenants and
-    /// tests; bump it to abandon an old key layout).
-    #[serde(deserialize_with = "non_empty_string")]
+    /// tests; bump it to abandon an old key layout). Braces are refused: a
+    /// key's hash tag is the user id after the prefix (`docs/operations.md#the-key-layout`).
+    #[serde(deserialize_with = "redis_prefix")]
     pub redis_prefix: String,
+    /// `CONNSTATUS_CACHE_RELATIONS_PER_USER`: the most relations one user's
+    /// hash keeps; beyond, a fill makes room by dropping random ones (a hub
+    /// user never grows an unbounded key).
+    #[serde(deserialize_with = "positive_u64")]
+    pub cache_relations_per_user: u64,
     /// `CONNSTATUS_CACHE_TTL_SECONDS`: backstop TTL of an entry (±10% jitter).
     #[serde(deserialize_with = "positive_u64")]
     pub cache_ttl_seconds: u64,
@@ -267,11 +294,32 @@ impl Settings {
             }
             _ => {}
         }
+        self.check_redis()?;
         self.check_profile()?;
         if let Some(why) = self.exposure() {
             self.refuse_development_secrets(&why)?;
         }
         Ok(())
+    }
+
+    /// `REDIS_URL` holds one URL in standalone mode and at least one in the
+    /// others; sentinel mode names its master set.
+    fn check_redis(&self) -> Result<(), ConfigError> {
+        let urls = self.redis_urls();
+        match self.cache.redis_mode {
+            RedisMode::Standalone if urls.len() != 1 => Err(ConfigError(
+                "REDIS_URL: one URL in standalone mode (several are for CONNSTATUS_REDIS_MODE=cluster or sentinel)".into(),
+            )),
+            RedisMode::Sentinel if self.cache.redis_sentinel_master.is_none() => Err(ConfigError(
+                "CONNSTATUS_REDIS_SENTINEL_MASTER: required when CONNSTATUS_REDIS_MODE=sentinel".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The URLs of `REDIS_URL` (one, or the seeds / sentinels).
+    pub fn redis_urls(&self) -> Vec<String> {
+        split_urls(self.redis_url.expose_secret())
     }
 
     /// A built-in profile, or one the operator added as a file.
@@ -520,12 +568,53 @@ fn mysql_urls<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::E
         .collect()
 }
 
+/// The comma-separated parts of a URL list, trimmed, empty ones left out.
+fn split_urls(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One `redis://` URL, or several comma-separated (cluster seeds, sentinels;
+/// `validate` checks the count against the mode).
 fn redis_url<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    url_with(
-        d,
-        &["redis://", "rediss://"],
-        "must be a redis:// or rediss:// URL",
+    let text = lenient_string(d)?;
+    let urls = split_urls(&text);
+    let good = |url: &String| url.starts_with("redis://") || url.starts_with("rediss://");
+    if urls.is_empty() || !urls.iter().all(good) {
+        return Err(D::Error::custom(
+            "must be a redis:// or rediss:// URL (or several, comma-separated, in cluster and sentinel modes)",
+        ));
+    }
+    Ok(SecretString::from(text))
+}
+
+fn redis_mode<'de, D: Deserializer<'de>>(d: D) -> Result<RedisMode, D::Error> {
+    Ok(
+        match one_of(
+            d,
+            &["standalone", "cluster", "sentinel"],
+            "is not one of standalone, cluster, sentinel",
+        )?
+        .as_str()
+        {
+            "cluster" => RedisMode::Cluster,
+            "sentinel" => RedisMode::Sentinel,
+            _ => RedisMode::Standalone,
+        },
     )
+}
+
+fn redis_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = non_empty_string(d)?;
+    if text.contains(['{', '}']) {
+        return Err(D::Error::custom(
+            "must not contain { or }: the user id after it is each key's hash tag",
+        ));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -784,6 +873,50 @@ mod tests {
     }
 
     #[test]
+    fn redis_modes_take_the_urls_they_need() {
+        let seeds = json!("redis://127.0.0.1:7000, redis://127.0.0.1:7001");
+        let cluster = load(
+            "test",
+            &[
+                ("redis_mode", json!("cluster")),
+                ("redis_url", seeds.clone()),
+            ],
+        )
+        .expect("cluster");
+        assert_eq!(cluster.cache.redis_mode, RedisMode::Cluster);
+        assert_eq!(
+            cluster.redis_urls(),
+            ["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"]
+        );
+        let message = error("test", &[("redis_url", seeds.clone())]);
+        assert_names(&message, "REDIS_URL");
+        let message = error(
+            "test",
+            &[
+                ("redis_mode", json!("sentinel")),
+                ("redis_url", seeds.clone()),
+            ],
+        );
+        assert_names(&message, "CONNSTATUS_REDIS_SENTINEL_MASTER");
+        let sentinel = load(
+            "test",
+            &[
+                ("redis_mode", json!("sentinel")),
+                ("redis_url", seeds),
+                ("redis_sentinel_master", json!("cs")),
+            ],
+        )
+        .expect("sentinel");
+        assert_eq!(sentinel.cache.redis_sentinel_master.as_deref(), Some("cs"));
+        let message = error("test", &[("redis_mode", json!("sharded"))]);
+        assert_names(&message, "CONNSTATUS_REDIS_MODE");
+        let message = error("test", &[("redis_prefix", json!("cs:{1}:"))]);
+        assert_names(&message, "CONNSTATUS_REDIS_PREFIX");
+        let message = error("test", &[("cache_relations_per_user", json!(0))]);
+        assert_names(&message, "CONNSTATUS_CACHE_RELATIONS_PER_USER");
+    }
+
+    #[test]
     fn strings_and_addresses_are_checked_as_they_are_read() {
         for (key, value, tail) in [
             (
@@ -804,7 +937,7 @@ mod tests {
             (
                 "redis_url",
                 "http://h",
-                "must be a redis:// or rediss:// URL",
+                "must be a redis:// or rediss:// URL (or several, comma-separated, in cluster and sentinel modes)",
             ),
             ("log_format", "xml", "`xml` is neither text nor json"),
             (

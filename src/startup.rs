@@ -152,18 +152,17 @@ const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 fn worker_factory(
     settings: &Settings,
 ) -> anyhow::Result<impl Fn() -> Result<Worker, String> + Clone + Send + 'static> {
-    let redis = Cache::client(&settings.redis_url).map_err(anyhow::Error::msg)?;
+    let redis = Cache::target(settings);
     let db = Db::from_settings(settings).map_err(anyhow::Error::msg)?;
     let read_db = ReadDb::from_settings(settings, db.clone()).map_err(anyhow::Error::msg)?;
     let cache_settings = settings.cache.clone();
     let tuning = Tuning::default();
-    let warm_redis =
-        Warmer::redis_pool(&settings.redis_url, tuning.concurrency).map_err(anyhow::Error::msg)?;
+    let warm_redis = redis.pool(tuning.concurrency).map_err(anyhow::Error::msg)?;
     let token_cache_size = settings.jwt.jwt_cache_size;
     Ok(move || -> Result<Worker, String> {
-        let cache = Arc::new(Cache::new(redis.clone(), &cache_settings)?);
+        let cache = Arc::new(Cache::new(redis.link()?, &cache_settings)?);
         let hooks = Hooks::new(cache.clone(), db.clone());
-        let warm_cache = Cache::new(redis.clone(), &cache_settings)?;
+        let warm_cache = Cache::new(redis.link()?, &cache_settings)?;
         Ok(Worker {
             statuses: StatusService::new(cache.clone(), read_db.clone()),
             mutations: Mutations::new(db.clone(), hooks.clone()),

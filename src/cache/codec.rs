@@ -15,8 +15,9 @@
 //!
 //! Version 0 stands for "no row in MySQL": any real row (version >= 1) is
 //! newer, so a cached "not found" or "no relation" gives way to the first
-//! write without special cases. A key may also hold a lease, `~<token>`,
-//! possibly followed by the entry it stands in front of (see `write.rs`).
+//! write without special cases. A key or field may also hold a lease,
+//! `~<16 hex token><12 hex deadline>`, possibly followed by the entry it
+//! stands in front of (see `write.rs`).
 
 use crate::domain::{Pair, Presence, Relation, Side, Subject, UserId, Versioned};
 
@@ -105,8 +106,19 @@ pub fn encode<T: Code>(entry: Versioned<T>) -> Vec<u8> {
     out
 }
 
-/// The length of a lease: `~` and 16 hex digits of a random token.
-pub const LEASE_LEN: usize = 17;
+/// The length of a lease's token: `~` and 16 hex digits.
+pub const TOKEN_LEN: usize = 17;
+
+/// The length of a lease: its token and 12 hex digits of the Unix time in
+/// ms (Redis's clock) when it expires. A string key also expires with it;
+/// a hash field cannot, so readers and scripts compare the deadline.
+pub const LEASE_LEN: usize = TOKEN_LEN + 12;
+
+/// When a lease expires (Unix ms), if `raw` is one.
+pub fn lease_deadline(raw: &[u8]) -> Option<u64> {
+    let digits = raw.get(TOKEN_LEN..LEASE_LEN).filter(|_| is_lease(raw))?;
+    u64::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+}
 
 /// Whether a stored value is a lease (`~<token>`): a fill or a refresh is
 /// under way.
@@ -142,61 +154,92 @@ pub fn decode<T: Code>(raw: &[u8]) -> Option<Versioned<T>> {
     })
 }
 
-/// Builds keys under one prefix.
+/// Where one copy of an entry lives: a key, and a field of it (`None`: the
+/// key is a string holding the entry).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spot {
+    /// The key.
+    pub key: String,
+    /// The field, for a relation in a user's hash.
+    pub field: Option<UserId>,
+}
+
+/// Builds keys under one prefix. The layout (`docs/operations.md#the-key-layout`):
+///
+/// - `<prefix>{<user>}u` — a string: whether the user exists;
+/// - `<prefix>{<user>}r` — a hash: the user's relations, one field per other
+///   user (`<other id>` → the pair's value). A pair has two copies, one in
+///   each user's hash, so that everything one viewer's request reads about
+///   its relations is one key, and one slot of a cluster.
+///
+/// The hash tag is the user id: a user's keys share a slot.
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
-    /// Keys under `prefix` (e.g. `cs:1:`).
+    /// Keys under `prefix` (e.g. `cs:2:`; no braces, see the config).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
         }
     }
 
-    /// `<prefix>p:<low>:<high>`: the pair's relation.
-    pub fn pair(&self, pair: Pair) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 42);
-        self.write_pair(pair, &mut key);
+    /// `<prefix>{<id>}r`: the user's relations.
+    pub fn relations(&self, user: UserId) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 24);
+        self.write(user, b'r', &mut key);
         key
     }
 
-    /// [`Keys::pair`] written into `key` (cleared first), so that a batch
-    /// builds all its keys in one buffer.
-    pub fn write_pair(&self, pair: Pair, key: &mut String) {
-        let mut a = itoa::Buffer::new();
-        let mut b = itoa::Buffer::new();
-        key.clear();
-        key.push_str(&self.prefix);
-        key.push_str("p:");
-        key.push_str(a.format(pair.low().get()));
-        key.push(':');
-        key.push_str(b.format(pair.high().get()));
-    }
-
-    /// `<prefix>u:<id>`: whether the user exists.
+    /// `<prefix>{<id>}u`: whether the user exists.
     pub fn user(&self, user: UserId) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 22);
+        let mut key = String::with_capacity(self.prefix.len() + 24);
         self.write_user(user, &mut key);
         key
     }
 
-    /// [`Keys::user`] written into `key` (cleared first).
+    /// [`Keys::user`] written into `key` (cleared first), so that a batch
+    /// builds all its keys in one buffer.
     pub fn write_user(&self, user: UserId, key: &mut String) {
-        let mut a = itoa::Buffer::new();
-        key.clear();
-        key.push_str(&self.prefix);
-        key.push_str("u:");
-        key.push_str(a.format(user.get()));
+        self.write(user, b'u', key);
     }
 
-    /// The key of a subject's entry.
-    pub fn of(&self, subject: Subject) -> String {
+    fn write(&self, user: UserId, kind: u8, key: &mut String) {
+        let mut id = itoa::Buffer::new();
+        key.clear();
+        key.push_str(&self.prefix);
+        key.push('{');
+        key.push_str(id.format(user.get()));
+        key.push('}');
+        key.push(char::from(kind));
+    }
+
+    /// The copy of `pair`'s entry that `viewer` (one of the two) reads.
+    pub fn seen_by(&self, pair: Pair, viewer: UserId) -> Spot {
+        let other = if pair.low() == viewer {
+            pair.high()
+        } else {
+            pair.low()
+        };
+        Spot {
+            key: self.relations(viewer),
+            field: Some(other),
+        }
+    }
+
+    /// Every copy of a subject's entry: a user's one, a pair's two.
+    pub fn spots(&self, subject: Subject) -> Vec<Spot> {
         match subject {
-            Subject::Pair(pair) => self.pair(pair),
-            Subject::User(user) => self.user(user),
+            Subject::User(user) => vec![Spot {
+                key: self.user(user),
+                field: None,
+            }],
+            Subject::Pair(pair) => vec![
+                self.seen_by(pair, pair.low()),
+                self.seen_by(pair, pair.high()),
+            ],
         }
     }
 
@@ -299,12 +342,30 @@ mod tests {
     }
 
     #[test]
-    fn keys_carry_the_prefix_and_the_ordered_pair() {
-        let keys = Keys::new("cs:1:");
+    fn keys_carry_the_prefix_and_the_user_as_hash_tag() {
+        let keys = Keys::new("cs:2:");
         let (a, b) = (UserId::new(90).expect("id"), UserId::new(7).expect("id"));
         let pair = Pair::new(a, b).expect("pair");
-        assert_eq!(keys.pair(pair), "cs:1:p:7:90");
-        assert_eq!(keys.user(a), "cs:1:u:90");
-        assert_eq!(keys.pattern(), "cs:1:*");
+        assert_eq!(keys.user(a), "cs:2:{90}u");
+        assert_eq!(keys.relations(a), "cs:2:{90}r");
+        assert_eq!(
+            keys.seen_by(pair, a),
+            Spot {
+                key: "cs:2:{90}r".into(),
+                field: Some(b)
+            }
+        );
+        assert_eq!(
+            keys.spots(Subject::Pair(pair)),
+            vec![keys.seen_by(pair, b), keys.seen_by(pair, a)]
+        );
+        assert_eq!(keys.spots(Subject::User(b)).len(), 1);
+        assert_eq!(keys.pattern(), "cs:2:*");
+        // A user's keys share a cluster slot.
+        use redis::cluster_routing::Slot;
+        assert_eq!(
+            Slot::for_key(keys.user(a)),
+            Slot::for_key(keys.relations(a))
+        );
     }
 }

@@ -1,28 +1,45 @@
 -- Settles leases after their holder read MySQL: each fill lands only while
--- its key still holds the holder's own lease (a later lease, a refresh's,
+-- its spot still holds the holder's own lease (a later lease, a refresh's,
 -- took it over; an eviction or a restart removed it), so a fill whose read
--- may be older than the newest write can never land (memcache's leases).
--- A lease is "~<16 hex digits>", possibly followed by the entry it stands in
--- front of (see lease.lua).
--- KEYS[i]        a key
--- ARGV[3i-2]     the lease taken there, "~<token>"
--- ARGV[3i-1]     the value, "<version>:<code>"; empty to give the lease back
---                (the entry it stood in front of, if any, is put back)
--- ARGV[3i]       the TTL in seconds
--- Returns how many keys were written.
-local written = 0
+-- may be older than the newest write can never land (memcache's leases);
+-- it may only become what readers answer while a later lease is out.
+-- Per spot i (after the common head), four arguments from ARGV[HEAD+4i-3]:
+--   its field ('' for a string key); the lease taken there, "~<16 hex>";
+--   the value, "<version>:<code>", empty to give the lease back (the entry
+--   it stood in front of, if any, is put back); the TTL in seconds.
+-- Returns, per spot, 1 when written, 0 when not.
+local written = {}
 for i = 1, #KEYS do
-  local current = redis.call('GET', KEYS[i])
-  if current and string.sub(current, 1, 17) == ARGV[3 * i - 2] then
-    local value = ARGV[3 * i - 1]
+  local at = HEAD + 4 * i - 4
+  local field, token, value, ttl = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local current = get(KEYS[i], field)
+  written[i] = 0
+  if current and string.sub(current, 1, 17) == token then
     if value == '' then
-      value = string.sub(current, 18)
+      value = behind(current)
     end
     if value == '' then
-      redis.call('DEL', KEYS[i])
+      del(KEYS[i], field)
     else
-      redis.call('SET', KEYS[i], value, 'EX', ARGV[3 * i])
-      written = written + 1
+      put(KEYS[i], field, value, ttl)
+      written[i] = 1
+    end
+  elseif current and value ~= '' and is_lease(current) then
+    -- A later lease took this one over (a refresh: the binlog follower's,
+    -- another instance's): its holder will fill. Meanwhile readers answer
+    -- the entry behind it; when this read is newer, it goes there, so that
+    -- a mutation whose fill was taken over is still read back at once. Not
+    -- counted as written: the lease's holder fills.
+    local before = behind(current)
+    local before_version = tonumber(string.match(before, '^(%d+):'))
+    local version = tonumber(string.match(value, '^(%d+):'))
+    if before_version == nil or before_version < version then
+      local lease = string.sub(current, 1, 29) .. value
+      if field == '' then
+        redis.call('SET', KEYS[i], lease, 'KEEPTTL')
+      else
+        redis.call('HSET', KEYS[i], field, lease)
+      end
     end
   end
 end

@@ -18,19 +18,60 @@ pub struct ServerIdentity {
 
 impl Cache {
     /// The identity of the server behind the cache's connection (two `INFO`
-    /// sections in one round trip, under the connection's timeouts; not
-    /// through the breaker: not for the request path). `Ok(None)` when the
-    /// server does not report them (a proxy that hides `INFO`).
+    /// sections, under the connection's timeouts; not through the breaker:
+    /// not for the request path). In a cluster, of every master: a failover
+    /// or a master's restart changes it. `Ok(None)` when a server does not
+    /// report them (a proxy that hides `INFO`).
     pub async fn identity(&self) -> Result<Option<ServerIdentity>, CacheError> {
-        let (server, replication): (String, String) = redis::pipe()
-            .cmd("INFO")
+        let mut conn = self.link.clone();
+        let server: redis::Value = redis::cmd("INFO")
             .arg("server")
-            .cmd("INFO")
-            .arg("replication")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut conn)
             .await?;
-        Ok(parse(&server, &replication))
+        let replication: redis::Value = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        let (server, replication) = (per_node(server)?, per_node(replication)?);
+        if server.len() == 1 && replication.len() == 1 && server[0].0.is_empty() {
+            return Ok(parse(&server[0].1, &replication[0].1));
+        }
+        // A cluster: each master's identity, by address.
+        let mut run_ids = Vec::new();
+        let mut histories = Vec::new();
+        for (address, text) in &server {
+            let Some((_, other)) = replication.iter().find(|(a, _)| a == address) else {
+                return Ok(None);
+            };
+            let Some(one) = parse(text, other) else {
+                return Ok(None);
+            };
+            run_ids.push(format!("{address}={}", one.run_id));
+            histories.push(format!("{address}={}", one.master_replid));
+        }
+        Ok(Some(ServerIdentity {
+            run_id: run_ids.join(","),
+            master_replid: histories.join(","),
+        }))
     }
+}
+
+/// An `INFO` answer as `(address, text)` per node, sorted: one with an empty
+/// address from one server, one per master from a cluster.
+fn per_node(value: redis::Value) -> Result<Vec<(String, String)>, CacheError> {
+    let text = |v: &redis::Value| -> Result<String, CacheError> {
+        redis::FromRedisValue::from_redis_value(v.clone())
+            .map_err(|e| CacheError::Redis(redis::RedisError::from(e)))
+    };
+    let mut nodes = match value {
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .map(|(address, info)| Ok((text(address)?, text(info)?)))
+            .collect::<Result<Vec<_>, CacheError>>()?,
+        other => vec![(String::new(), text(&other)?)],
+    };
+    nodes.sort();
+    Ok(nodes)
 }
 
 /// The identity in `INFO server` and `INFO replication` texts.

@@ -1,23 +1,26 @@
--- Refreshes' leases, one per key: taken whatever the key holds (the refresh
--- reads MySQL after this, so it is at least as new as anything there), but
--- an entry the key holds stays behind the token, so that readers keep their
--- answer while the refresh reads, and get it back if the refresh gives the
--- lease up. Many keys per call: a chunk of the binlog follower's is one call.
--- KEYS[i]      a key
--- ARGV[1]      how long the leases last, in milliseconds
--- ARGV[i + 1]  the lease for KEYS[i], "~<token>" (17 bytes)
--- Returns how many leases were taken (all of them).
+-- Refreshes' leases, one per spot: taken whatever the spot holds (the
+-- refresh reads MySQL after this, so it is at least as new as anything
+-- there), but an entry the spot holds stays behind the token, so that
+-- readers keep their answer while the refresh reads, and get it back if the
+-- refresh gives the lease up. Many spots per call: a chunk of the binlog
+-- follower's is one call (per slot, in a cluster).
+-- Per spot i (after the common head): ARGV[HEAD+2i-1] its field ('' for a
+-- string key), ARGV[HEAD+2i] the token "~<16 hex>".
+-- Returns, per spot, 1.
+local taken = {}
 for i = 1, #KEYS do
-  local current = redis.call('GET', KEYS[i])
-  local value = ARGV[i + 1]
+  local field = ARGV[HEAD + 2 * i - 1]
+  local current = get(KEYS[i], field)
+  local value = ARGV[HEAD + 2 * i] .. DEADLINE
   if current then
-    if string.sub(current, 1, 1) == '~' then
-      current = string.sub(current, 18)
+    if is_lease(current) then
+      current = behind(current)
     end
-    if string.match(current, '^%d+:[nclhLHag]$') then
+    if is_entry(current) then
       value = value .. current
     end
   end
-  redis.call('SET', KEYS[i], value, 'PX', ARGV[1])
+  put_lease(KEYS[i], field, value)
+  taken[i] = 1
 end
-return #KEYS
+return taken

@@ -15,23 +15,25 @@
 
 pub mod codec;
 mod identity;
+pub mod link;
 mod read;
 mod write;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
-use secrecy::ExposeSecret;
+use redis::Script;
 
 use crate::config::CacheSettings;
-use crate::domain::Entry;
 use codec::Keys;
+use link::{Link, Target};
 
 pub use identity::ServerIdentity;
 pub use read::Cached;
-pub use write::{Lease, Upgrade};
+pub use write::{Lease, LeaseFor, Upgrade};
+
+/// The most one bulk call may take ([`Cache::for_bulk`]).
+const BULK_TIMEOUT_MS: u64 = 10_000;
 
 /// Until when (Unix ms) some cache of this process has its breaker open: the
 /// breakers are per worker, the metric is per instance.
@@ -71,10 +73,12 @@ pub enum CacheError {
 /// The Redis cache of one worker.
 pub struct Cache {
     keys: Keys,
-    conn: ConnectionManager,
+    link: Link,
     upgrade_script: Script,
     lease_script: Script,
+    take_script: Script,
     fill_script: Script,
+    relations_per_user: u64,
     ttl_seconds: u64,
     negative_ttl_seconds: u64,
     lease_ms: u64,
@@ -100,38 +104,50 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Checks the Redis URL and makes the client that [`Cache::new`] takes.
-    pub fn client(redis_url: &secrecy::SecretString) -> Result<Client, String> {
-        Client::open(redis_url.expose_secret()).map_err(|e| format!("REDIS_URL: {e}"))
+    /// Where the settings say Redis is (`REDIS_URL`, `CONNSTATUS_REDIS_MODE`),
+    /// each call bounded by the request path's Redis timeout.
+    pub fn target(settings: &crate::config::Settings) -> Target {
+        Target::new(
+            settings.redis_urls(),
+            &settings.cache,
+            Duration::from_millis(settings.cache.redis_timeout_ms),
+        )
     }
 
-    /// A cache from the settings' URL and cache settings.
+    /// A cache from the settings.
     pub fn from_settings(settings: &crate::config::Settings) -> Result<Self, String> {
-        Self::new(Self::client(&settings.redis_url)?, &settings.cache)
+        Self::new(Self::target(settings).link()?, &settings.cache)
     }
 
-    /// Prepares a cache; the connection is made on first use, so a Redis
-    /// that is down at start-up does not stop the service (it answers from
-    /// MySQL until Redis is back). Make one per actix worker, inside the
-    /// worker: the multiplexed connection's driver task then runs on that
-    /// worker's own thread.
-    pub fn new(client: Client, settings: &CacheSettings) -> Result<Self, String> {
+    /// A cache for bulk refreshes (the binlog follower's chunks of
+    /// thousands of spots, one script call per slot in a cluster): the
+    /// request path's timeout is for one lookup, not for those.
+    pub fn for_bulk(settings: &crate::config::Settings) -> Result<Self, String> {
+        let mut cache = settings.cache.clone();
+        cache.redis_timeout_ms = cache.redis_timeout_ms.max(BULK_TIMEOUT_MS);
+        let target = Target::new(
+            settings.redis_urls(),
+            &cache,
+            Duration::from_millis(cache.redis_timeout_ms),
+        );
+        Self::new(target.link()?, &cache)
+    }
+
+    /// Prepares a cache over `link`; nothing is connected until first use,
+    /// so a Redis that is down at start-up does not stop the service (it
+    /// answers from MySQL until Redis is back). Make one per actix worker,
+    /// inside the worker: the multiplexed connection's driver task then runs
+    /// on that worker's own thread.
+    pub fn new(link: Link, settings: &CacheSettings) -> Result<Self, String> {
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            // Reconnection is retried by the next request after the breaker;
-            // a long retry loop here would only hold requests.
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| format!("REDIS_URL: {e}"))?;
         Ok(Self {
             keys: Keys::new(&settings.redis_prefix),
-            conn,
-            upgrade_script: Script::new(write::UPGRADE_SCRIPT),
-            lease_script: Script::new(write::LEASE_SCRIPT),
-            fill_script: Script::new(write::FILL_SCRIPT),
+            link,
+            upgrade_script: write::script(write::UPGRADE_SCRIPT),
+            lease_script: write::script(write::LEASE_SCRIPT),
+            take_script: write::script(write::TAKE_SCRIPT),
+            fill_script: write::script(write::FILL_SCRIPT),
+            relations_per_user: settings.cache_relations_per_user,
             ttl_seconds: settings.cache_ttl_seconds,
             negative_ttl_seconds: settings.negative_ttl_seconds,
             lease_ms: settings.cache_lease_ms,
@@ -209,14 +225,6 @@ impl Cache {
         self.ttl_seconds - spread + rand::random_range(0..=2 * spread)
     }
 
-    /// The key and encoded value of an entry.
-    fn key_value(&self, entry: &Entry) -> (String, Vec<u8>) {
-        match *entry {
-            Entry::Pair(pair, v) => (self.keys.pair(pair), codec::encode(v)),
-            Entry::User(user, v) => (self.keys.user(user), codec::encode(v)),
-        }
-    }
-
     /// Asks Redis (one `PING`, within the request-path timeout) whether it
     /// is back; if so the breaker closes at once. For background work that
     /// must not wait out a breaker period.
@@ -232,7 +240,7 @@ impl Cache {
     /// Whether Redis answers `PING` within `timeout`. Bypasses the breaker:
     /// readiness wants the truth, not the request path's shortcut.
     pub async fn ping(&self, timeout: Duration) -> bool {
-        let mut conn = self.conn.clone();
+        let mut conn = self.link.clone();
         let ping = redis::cmd("PING");
         let call = ping.query_async::<String>(&mut conn);
         matches!(tokio::time::timeout(timeout, call).await, Ok(Ok(_)))
@@ -240,9 +248,14 @@ impl Cache {
 
     /// Deletes every key under the prefix (used by `seed --reset`, whose
     /// fresh rows start again at version 1 and would otherwise lose to the
-    /// old, higher cached versions). Not for the request path.
-    pub async fn purge(&self) -> Result<u64, CacheError> {
-        let mut conn = self.conn.clone();
+    /// old, higher cached versions). Not for the request path, and not for
+    /// a cluster, where it would scan every node: there the prefix is bumped
+    /// instead (`Ok(None)`).
+    pub async fn purge(&self) -> Result<Option<u64>, CacheError> {
+        if self.link.clustered() {
+            return Ok(None);
+        }
+        let mut conn = self.link.clone();
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -261,7 +274,7 @@ impl Cache {
                     .await?;
             }
             if next == 0 {
-                return Ok(removed);
+                return Ok(Some(removed));
             }
             cursor = next;
         }

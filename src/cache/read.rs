@@ -2,7 +2,6 @@
 
 use super::{codec, Cache, CacheError};
 use crate::domain::{Pair, Presence, Relation, UserId, Versioned};
-use codec::Keys;
 
 /// What the cache holds for one lookup (each part `None` on a miss).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +28,12 @@ fn decode_noting<T: codec::Code>(
     }
     if codec::is_lease(raw) {
         // A fill or a refresh under way: a refresh's lease still carries
-        // the entry it will replace, which stays the answer until then.
+        // the entry it will replace, which stays the answer until then. A
+        // lease past its deadline (its holder gave up or died; a hash field
+        // does not expire by itself) is a miss, like an expired key.
+        if codec::lease_deadline(raw).is_none_or(|deadline| deadline <= super::unix_ms()) {
+            return None;
+        }
         return codec::behind_lease(raw).and_then(codec::decode);
     }
     *foreign = true;
@@ -37,20 +41,47 @@ fn decode_noting<T: codec::Code>(
 }
 
 impl Cache {
-    /// Reads the target user's entry and, when given, the pair's entry in
-    /// one round trip.
-    pub async fn lookup(&self, target: UserId, pair: Option<Pair>) -> Result<Cached, CacheError> {
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.keys.user(target));
-        if let Some(pair) = pair {
-            cmd.arg(self.keys.pair(pair));
-        }
-        let values: Vec<Option<Vec<u8>>> = self
-            .guarded(cmd.query_async(&mut self.conn.clone()))
-            .await?;
+    /// Reads the target user's entry and, when given, the viewer's copy of
+    /// the pair's entry: one round trip (two requests at once in a cluster,
+    /// where the two keys live in two slots).
+    pub async fn lookup(
+        &self,
+        target: UserId,
+        seen: Option<(Pair, UserId)>,
+    ) -> Result<Cached, CacheError> {
+        let user_key = self.keys.user(target);
+        let values: (Option<Vec<u8>>, Option<Vec<u8>>) = match seen {
+            None => {
+                let mut conn = self.link.clone();
+                let user = redis::cmd("GET").arg(&user_key).to_owned();
+                (self.guarded(user.query_async(&mut conn)).await?, None)
+            }
+            Some((pair, viewer)) => {
+                let spot = self.keys.seen_by(pair, viewer);
+                let field = spot.field.map_or(0, UserId::get);
+                if self.link.clustered() {
+                    let (mut a, mut b) = (self.link.clone(), self.link.clone());
+                    let user = redis::cmd("GET").arg(&user_key).to_owned();
+                    let relation = redis::cmd("HGET").arg(&spot.key).arg(field).to_owned();
+                    self.guarded(async {
+                        futures_util::try_join!(
+                            user.query_async(&mut a),
+                            relation.query_async(&mut b)
+                        )
+                    })
+                    .await?
+                } else {
+                    let mut pipe = redis::pipe();
+                    pipe.cmd("GET").arg(&user_key);
+                    pipe.cmd("HGET").arg(&spot.key).arg(field);
+                    self.guarded(pipe.query_async(&mut self.link.clone()))
+                        .await?
+                }
+            }
+        };
         let mut foreign = false;
-        let user = decode_noting(values.first(), &mut foreign);
-        let pair = decode_noting(values.get(1), &mut foreign);
+        let user = decode_noting(Some(&values.0), &mut foreign);
+        let pair = decode_noting(Some(&values.1), &mut foreign);
         Ok(Cached {
             user,
             pair,
@@ -58,60 +89,61 @@ impl Cache {
         })
     }
 
-    /// For a batch: the viewer's pair entry with each of `targets` (none of
-    /// which may be the viewer), in one `MGET`; and whether some key held a
-    /// value that is not ours.
+    /// For a batch: the viewer's copy of its pair with each of `targets`
+    /// (none of which may be the viewer): one `HMGET` of the viewer's hash,
+    /// one key and one slot; and whether some field held a value that is
+    /// not ours.
     pub async fn lookup_pairs(
         &self,
         viewer: UserId,
         targets: &[UserId],
     ) -> Result<(Vec<Option<Versioned<Relation>>>, bool), CacheError> {
-        self.mget(
-            targets
-                .iter()
-                .filter_map(|&target| Pair::new(viewer, target)),
-            targets.len(),
-            Keys::write_pair,
-        )
-        .await
+        if targets.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.keys.relations(viewer));
+        for target in targets {
+            cmd.arg(target.get());
+        }
+        self.decode_all(cmd, targets.len()).await
     }
 
-    /// For a batch: the user entry of each of `targets`, in one `MGET`;
-    /// and whether some key held a value that is not ours.
+    /// For a batch: the user entry of each of `targets`, in one `MGET` (split
+    /// by slot in a cluster); and whether some key held a value that is not
+    /// ours.
     pub async fn lookup_users(
         &self,
         targets: &[UserId],
     ) -> Result<(Vec<Option<Versioned<Presence>>>, bool), CacheError> {
-        self.mget(targets.iter().copied(), targets.len(), Keys::write_user)
-            .await
-    }
-
-    /// `MGET` of `keys` (exactly `count` of them), each value decoded (a
-    /// missing or malformed value is `None`), and whether one was malformed.
-    async fn mget<T: codec::Code, K>(
-        &self,
-        keys: impl Iterator<Item = K>,
-        count: usize,
-        write: impl Fn(&Keys, K, &mut String),
-    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
-        if count == 0 {
+        if targets.is_empty() {
             return Ok((Vec::new(), false));
         }
         let mut cmd = redis::cmd("MGET");
         let mut key = String::with_capacity(64);
-        for k in keys {
-            write(&self.keys, k, &mut key);
+        for &target in targets {
+            self.keys.write_user(target, &mut key);
             cmd.arg(key.as_str());
         }
+        self.decode_all(cmd, targets.len()).await
+    }
+
+    /// Runs `cmd`, which answers `count` values, and decodes each (a
+    /// missing or malformed value is `None`); and whether one was malformed.
+    async fn decode_all<T: codec::Code>(
+        &self,
+        cmd: redis::Cmd,
+        count: usize,
+    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
         let values: Vec<Option<Vec<u8>>> = self
-            .guarded(cmd.query_async(&mut self.conn.clone()))
+            .guarded(cmd.query_async(&mut self.link.clone()))
             .await?;
         if values.len() != count {
             // Never expected of Redis; a short answer must not shift
             // entries onto the wrong ids.
             return Err(CacheError::Redis(redis::RedisError::from((
                 redis::ErrorKind::Client,
-                "MGET answered a different number of values",
+                "Redis answered a different number of values",
             ))));
         }
         let mut foreign = false;

@@ -375,6 +375,8 @@ impl Follower {
         status: Arc<FollowerStatus>,
     ) -> Result<Self, String> {
         crate::db::binlog::database_of(&settings.database_url)?;
+        // Chunks of thousands of spots: bulk timeouts, not the request path's.
+        let hooks = hooks.with_cache(Arc::new(crate::cache::Cache::for_bulk(settings)?));
         let warmer = Warmer::from_settings(settings, crate::service::warm::Tuning::default())?;
         let log_url = settings
             .database_replica_url

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
 
-use crate::cache::{Cache, CacheError, Lease, ServerIdentity};
+use crate::cache::{Cache, CacheError, Lease, LeaseFor, ServerIdentity};
 use crate::config::Settings;
 use crate::db::{self, outbox, reads, Db, DbError};
 use crate::domain::{Entry, Pair, Subject, UserId};
@@ -131,6 +131,15 @@ impl Hooks {
         Self { cache, db }
     }
 
+    /// The same hooks over another cache (the follower's, with bulk
+    /// timeouts).
+    pub fn with_cache(&self, cache: Arc<Cache>) -> Self {
+        Self {
+            cache,
+            db: self.db.clone(),
+        }
+    }
+
     /// Hooks configured like the service (`DATABASE_URL`, `REDIS_URL`,
     /// `CONNSTATUS_REDIS_PREFIX`, ...). Call inside a Tokio runtime.
     pub fn from_settings(settings: &Settings) -> Result<Self, String> {
@@ -204,7 +213,7 @@ impl Hooks {
         let n = wanted.len() as u64;
         let subjects: Vec<Subject> = wanted.iter().map(|&(s, _)| s).collect();
         // Redis away: nothing to read for.
-        let leases = match self.cache.lease(&subjects, true).await {
+        let leases = match self.cache.lease(&subjects, LeaseFor::Refresh).await {
             Ok(leases) => Ok(leases),
             Err(e) => {
                 meters::cache_fill_errors(n);
@@ -352,7 +361,7 @@ impl Hooks {
         &self,
         subjects: &[Subject],
     ) -> Result<(Vec<Entry>, Result<u64, CacheError>), HookError> {
-        let leases = self.cache.lease(subjects, true).await;
+        let leases = self.cache.lease(subjects, LeaseFor::Refresh).await;
         let read = async || {
             let entries = self
                 .db

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use super::flight::Flights;
-use crate::cache::{Cache, Cached, Lease};
+use crate::cache::{Cache, Cached, Lease, LeaseFor};
 use crate::db::{self, DbError, ReadDb};
 use crate::domain::{Entry, Pair, Presence, Relation, Status, Subject, UserId, Versioned};
 use crate::meters::{self, Lookup};
@@ -113,7 +113,12 @@ impl StatusService {
         let ticket = self.flights.ticket();
         let pair = Pair::new(viewer, target);
         let mut redis_failed = false;
-        let cached = match self.reads.cache.lookup(target, pair).await {
+        let cached = match self
+            .reads
+            .cache
+            .lookup(target, pair.map(|p| (p, viewer)))
+            .await
+        {
             Ok(cached) => {
                 if let Some(known) = answer(viewer, target, cached.user, cached.pair) {
                     meters::cache_lookups(Lookup::Hit, 1);
@@ -141,7 +146,7 @@ impl StatusService {
             .flights
             .run((target, pair, known_user), ticket, move || async move {
                 reads
-                    .miss(target, pair, known_user, cached.foreign, exact)
+                    .miss(viewer, target, pair, known_user, cached.foreign, exact)
                     .await
             })
             .await;
@@ -229,7 +234,10 @@ impl StatusService {
                 }
                 Ok((snapshots, entries))
             };
-            let snapshots = self.reads.leased(&subjects, foreign, read).await?;
+            let snapshots = self
+                .reads
+                .leased(&subjects, lease_for(viewer, foreign), read)
+                .await?;
             for (&i, snapshot) in chunk.iter().zip(&snapshots) {
                 // As for a single miss: a replica's read may trail the cache.
                 let relation = newer(cached_relations[i], snapshot.pair);
@@ -290,12 +298,23 @@ impl StatusService {
     }
 }
 
+/// A miss leases the viewer's copies of what it missed; over a value that is
+/// not ours it replaces every copy, as a refresh does.
+fn lease_for(viewer: UserId, foreign: bool) -> LeaseFor {
+    if foreign {
+        LeaseFor::Refresh
+    } else {
+        LeaseFor::Reader(viewer)
+    }
+}
+
 impl Reads {
     /// A single GET's miss: leases on the missed keys, one point select
     /// (only the pair's row when the user's entry is known), then the fills
     /// under the leases.
     async fn miss(
         &self,
+        viewer: UserId,
         target: UserId,
         pair: Option<Pair>,
         known_user: Option<Versioned<Presence>>,
@@ -309,7 +328,9 @@ impl Reads {
                     .await?;
                 Ok((relation, vec![Some(Entry::Pair(pair, relation))]))
             };
-            let relation = self.leased(&[Subject::Pair(pair)], foreign, read).await?;
+            let relation = self
+                .leased(&[Subject::Pair(pair)], lease_for(viewer, foreign), read)
+                .await?;
             return Ok((user, Some(relation)));
         }
         let mut subjects = vec![Subject::User(target)];
@@ -322,7 +343,8 @@ impl Reads {
             }
             Ok(((snapshot.user, snapshot.pair), entries))
         };
-        self.leased(&subjects, foreign, read).await
+        self.leased(&subjects, lease_for(viewer, foreign), read)
+            .await
     }
 
     /// Takes leases on `subjects`, runs `read` (which answers, and gives
@@ -332,10 +354,10 @@ impl Reads {
     async fn leased<T>(
         &self,
         subjects: &[Subject],
-        foreign: bool,
+        mode: LeaseFor,
         read: impl AsyncFnOnce() -> Result<(T, Vec<Option<Entry>>), LookupError>,
     ) -> Result<T, LookupError> {
-        let leases = match self.cache.lease(subjects, foreign).await {
+        let leases = match self.cache.lease(subjects, mode).await {
             Ok(leases) => leases,
             Err(e) => {
                 tracing::debug!(error = %e, "no lease: the miss will not fill");

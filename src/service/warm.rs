@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::{stream, Stream, StreamExt};
 use serde::Serialize;
 
+use crate::cache::link::BatchPool;
 use crate::cache::{Cache, Lease, Upgrade};
 use crate::db::scans::{self, After, Page};
 use crate::db::{reads, Db, DbError};
@@ -78,8 +79,6 @@ pub struct Progress {
 pub struct Tuning {
     /// Rows read per query (and written per pipeline).
     pub chunk: usize,
-    /// Entries per script call inside a pipeline.
-    pub per_call: usize,
     /// Pipelines in flight at once.
     pub concurrency: usize,
     /// The most one pipeline may take.
@@ -90,7 +89,6 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             chunk: 5_000,
-            per_call: 500,
             concurrency: 4,
             redis_timeout: Duration::from_secs(10),
         }
@@ -104,7 +102,7 @@ pub const WARM_MYSQL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The warming job over one MySQL pool, one Redis pool and the cache's keys.
 pub struct Warmer {
     cache: Cache,
-    redis: deadpool_redis::Pool,
+    redis: BatchPool,
     db: Db,
     tuning: Tuning,
 }
@@ -120,7 +118,7 @@ impl std::fmt::Debug for Warmer {
 impl Warmer {
     /// A warmer writing through `cache`'s keys and script, on connections
     /// of `redis`, reading `db`.
-    pub fn new(cache: Cache, redis: deadpool_redis::Pool, db: Db, tuning: Tuning) -> Self {
+    pub fn new(cache: Cache, redis: BatchPool, db: Db, tuning: Tuning) -> Self {
         Self {
             cache,
             redis,
@@ -138,7 +136,7 @@ impl Warmer {
         tuning: Tuning,
     ) -> Result<Self, String> {
         let cache = Cache::from_settings(settings)?;
-        let redis = Self::redis_pool(&settings.redis_url, tuning.concurrency)?;
+        let redis = Cache::target(settings).pool(tuning.concurrency)?;
         // Pages and re-reads may trail the primary like misses do: the first
         // replica when there is one.
         let url = settings
@@ -158,23 +156,6 @@ impl Warmer {
     /// multiplexed connection per worker).
     pub fn redis_status(&self) -> deadpool::Status {
         self.redis.status()
-    }
-
-    /// A pool of `size` Redis connections for batch work.
-    pub fn redis_pool(
-        url: &secrecy::SecretString,
-        size: usize,
-    ) -> Result<deadpool_redis::Pool, String> {
-        use secrecy::ExposeSecret;
-        deadpool_redis::Config::from_url(url.expose_secret())
-            .builder()
-            .map_err(|e| format!("REDIS_URL: {e}"))?
-            .max_size(size)
-            .wait_timeout(Some(Duration::from_secs(10)))
-            .create_timeout(Some(Duration::from_secs(5)))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| format!("REDIS_URL: {e}"))
     }
 
     /// Runs the job until done or until `stop` completes; `progress` is
@@ -228,10 +209,11 @@ impl Warmer {
     pub async fn write_chunk(&self, chunk: &[Entry], progress: &Progress) {
         let n = chunk.len() as u64;
         let attempt = async {
-            let mut conn = self.redis.get().await.map_err(|e| e.to_string())?;
+            let conn = self.redis.get().await?;
+            let link = conn.link();
             let outcomes = self
                 .cache
-                .upgrade_with(&mut conn, chunk, self.tuning.per_call)
+                .upgrade_with(&link, chunk)
                 .await
                 .map_err(|e| e.to_string())?;
             let written = outcomes.iter().filter(|o| **o == Upgrade::Written).count() as u64;
@@ -257,7 +239,7 @@ impl Warmer {
                 .collect();
             let filled = self
                 .cache
-                .fill_leased_with(&mut conn, &fills)
+                .fill_leased_with(&link, &fills)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<u64, String>(written + filled)

@@ -1,0 +1,83 @@
+-- Shared by every script (prepended to each): reading and writing one copy
+-- of an entry, a "spot": a string key (field '') or a field of a user's
+-- relations hash (see codec.rs for the layout, write.rs for the rules).
+-- A lease is "~<16 hex token><12 hex deadline, Unix ms>", possibly followed
+-- by the entry it stands in front of. A string key also expires with its
+-- lease; a hash field cannot, so the deadline is compared here.
+-- Every script's ARGV starts with: the lease's length in ms, the TTL in
+-- seconds a hash gets when a lease creates it, and the most fields a hash
+-- keeps.
+local LEASE_MS = tonumber(ARGV[1])
+local NEW_TTL = ARGV[2]
+local CAP = tonumber(ARGV[3])
+local HEAD = 3
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local NOW = now_ms()
+local DEADLINE = string.format('%012x', NOW + LEASE_MS)
+
+local function get(key, field)
+  if field == '' then
+    return redis.call('GET', key)
+  end
+  return redis.call('HGET', key, field)
+end
+
+local function is_lease(value)
+  return string.sub(value, 1, 1) == '~'
+end
+
+local function expired(lease)
+  local deadline = tonumber(string.sub(lease, 18, 29), 16)
+  return deadline == nil or deadline <= NOW
+end
+
+-- The entry behind a lease ('' for none).
+local function behind(lease)
+  return string.sub(lease, 30)
+end
+
+local function is_entry(value)
+  return string.match(value, '^%d+:[nclhLHag]$') ~= nil
+end
+
+-- Whether a new field fits in the hash (a hub user's hash is bounded).
+local function room(key, field)
+  return field == '' or redis.call('HLEN', key) < CAP or redis.call('HEXISTS', key, field) == 1
+end
+
+-- Writes an entry; a full hash first drops random fields (dropping a copy,
+-- even a lease, is always safe: it only makes a miss).
+local function put(key, field, value, ttl)
+  if field == '' then
+    redis.call('SET', key, value, 'EX', ttl)
+    return
+  end
+  if not room(key, field) then
+    local victims = redis.call('HRANDFIELD', key, 8)
+    redis.call('HDEL', key, unpack(victims))
+  end
+  redis.call('HSET', key, field, value)
+  -- The hash's lifetime counts from its creation: no entry in it is older
+  -- than the TTL, however busy the hash is.
+  redis.call('EXPIRE', key, ttl, 'NX')
+end
+
+local function put_lease(key, field, value)
+  if field == '' then
+    redis.call('SET', key, value, 'PX', LEASE_MS)
+  else
+    put(key, field, value, NEW_TTL)
+  end
+end
+
+local function del(key, field)
+  if field == '' then
+    redis.call('DEL', key)
+  else
+    redis.call('HDEL', key, field)
+  end
+end
