@@ -1,8 +1,7 @@
 //! The cache really serves, refuses older fills, and is never needed.
 
-use connstatus::cache::Cache;
+use connstatus::cache::LeaseFor;
 use connstatus::domain::{Entry, Pair, Presence, Relation, Side, UserId, Versioned};
-use redis::AsyncCommands;
 use serde_json::json;
 
 use crate::helpers::{spawn_app, spawn_app_with, Isolated};
@@ -22,10 +21,12 @@ async fn after_the_first_read_the_cache_answers_even_when_mysql_changed_behind_i
         .await;
     assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
     assert_eq!(app.status(2, 1).await.as_deref(), Some("connected"));
-    let mut redis = app.store.redis().await;
-    let key = format!("{}p:1:2", app.store.prefix);
-    let cached: Option<String> = redis.get(&key).await.expect("GET");
-    assert_eq!(cached.as_deref(), Some("1:c"), "version 1, connected");
+    assert_eq!(
+        app.store.cached("p:1:2").await.as_deref(),
+        Some("1:c"),
+        "version 1, connected"
+    );
+    assert_eq!(app.store.cached("p:2:1").await.as_deref(), Some("1:c"));
 
     // Act: change the row with plain SQL and send no event.
     app.store
@@ -65,9 +66,9 @@ async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_l
     use connstatus::cache::Upgrade;
     // Arrange: the cache holds version 3 of a pair and version 2 of a user.
     let store = Isolated::new().await;
-    let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
-    let mut redis = store.redis().await;
+    let cache = store.cache();
+    let redis = store.redis().await;
+    let redis = connstatus::cache::link::Link::Pooled(redis);
     let pair = Pair::new(id(1), id(2)).expect("pair");
     let v3 = Versioned {
         version: 3,
@@ -80,10 +81,7 @@ async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_l
     let entries = [Entry::Pair(pair, v3), Entry::User(id(2), user_v2)];
     // Into empty keys the job writes nothing at once: it leases them, reads
     // them again, and fills under the leases.
-    let outcomes = cache
-        .upgrade_with(&mut redis, &entries, 10)
-        .await
-        .expect("upgrade");
+    let outcomes = cache.upgrade_with(&redis, &entries).await.expect("upgrade");
     let fills: Vec<_> = outcomes
         .into_iter()
         .zip(entries)
@@ -107,24 +105,21 @@ async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_l
         Entry::Pair(pair, stale_pair),
         Entry::User(id(2), stale_user),
     ];
-    let outcomes = cache
-        .upgrade_with(&mut redis, &stale, 10)
-        .await
-        .expect("upgrade");
+    let outcomes = cache.upgrade_with(&redis, &stale).await.expect("upgrade");
 
     // Assert: refused; the cache still holds the newer state.
     assert_eq!(outcomes, [Upgrade::LeftAlone, Upgrade::LeftAlone]);
-    let held = cache.lookup(id(2), Some(pair)).await.expect("lookup");
+    let held = cache
+        .lookup(id(2), Some((pair, id(1))))
+        .await
+        .expect("lookup");
     assert_eq!(held.pair, Some(v3));
     assert_eq!(held.user, Some(user_v2));
 
     // The same version again changes nothing; a newer one lands.
     let same = [Entry::Pair(pair, v3)];
     assert_eq!(
-        cache
-            .upgrade_with(&mut redis, &same, 10)
-            .await
-            .expect("upgrade"),
+        cache.upgrade_with(&redis, &same).await.expect("upgrade"),
         [Upgrade::LeftAlone]
     );
     let v4 = Versioned {
@@ -136,14 +131,15 @@ async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_l
     };
     let newer = [Entry::Pair(pair, v4)];
     assert_eq!(
-        cache
-            .upgrade_with(&mut redis, &newer, 10)
-            .await
-            .expect("upgrade"),
+        cache.upgrade_with(&redis, &newer).await.expect("upgrade"),
         [Upgrade::Written]
     );
     assert_eq!(
-        cache.lookup(id(2), Some(pair)).await.expect("lookup").pair,
+        cache
+            .lookup(id(2), Some((pair, id(1))))
+            .await
+            .expect("lookup")
+            .pair,
         Some(v4)
     );
 }
@@ -152,8 +148,7 @@ async fn a_warm_write_older_than_the_cached_version_is_refused_and_a_newer_one_l
 async fn a_readers_fill_lands_only_under_its_own_lease() {
     use connstatus::domain::Subject;
     let store = Isolated::new().await;
-    let client = redis::Client::open(crate::helpers::redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&store.prefix)).expect("cache");
+    let cache = store.cache();
     let pair = Pair::new(id(1), id(2)).expect("pair");
     let at = |version| Versioned {
         version,
@@ -161,7 +156,7 @@ async fn a_readers_fill_lands_only_under_its_own_lease() {
     };
     let lease_on = async |subject| {
         cache
-            .lease(&[subject], false)
+            .lease(&[subject], LeaseFor::Reader(id(1)))
             .await
             .expect("lease")
             .pop()
@@ -189,7 +184,7 @@ async fn a_readers_fill_lands_only_under_its_own_lease() {
         value: Presence::Active,
     };
     let refresh = cache
-        .lease(&[user], true)
+        .lease(&[user], LeaseFor::Refresh)
         .await
         .expect("lease")
         .pop()
@@ -210,11 +205,7 @@ async fn a_readers_fill_lands_only_under_its_own_lease() {
     // So does an eviction: the key stays empty rather than take the fill.
     let user = Subject::User(id(3));
     let lease = lease_on(user).await.expect("leased");
-    let mut redis = store.redis().await;
-    let _: () = redis
-        .del(format!("{}u:3", store.prefix))
-        .await
-        .expect("DEL");
+    store.evict("u:3").await;
     let fill = [(lease, Some(Entry::User(id(3), stale)))];
     assert_eq!(cache.fill_leased(&fill).await.expect("fill"), 0);
     assert_eq!(store.cached("u:3").await, None);
@@ -237,11 +228,7 @@ async fn an_evicted_pair_is_read_again_from_mysql_beside_the_cached_user() {
     app.store
         .sql("UPDATE user_connections SET state = 'connected', requested_by = NULL WHERE user_low = 1 AND user_high = 2")
         .await;
-    let mut redis = app.store.redis().await;
-    let _: () = redis
-        .del(format!("{}p:1:2", app.store.prefix))
-        .await
-        .expect("DEL");
+    app.store.evict("p:1:2").await;
 
     // Act and assert: the miss reads the pair from MySQL and fills it.
     assert_eq!(app.status(1, 2).await.as_deref(), Some("connected"));
@@ -256,15 +243,12 @@ async fn a_corrupt_cache_value_is_ignored_and_replaced_from_mysql() {
     app.store
         .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 2)")
         .await;
-    let mut redis = app.store.redis().await;
-    let key = format!("{}p:1:2", app.store.prefix);
-    let _: () = redis.set(&key, "{\"json\": true}").await.expect("SET");
+    app.store.plant("p:1:2", "{\"json\": true}").await;
     assert_eq!(
         app.status(1, 2).await.as_deref(),
         Some("received_connection_request")
     );
-    let cached: Option<String> = redis.get(&key).await.expect("GET");
-    assert_eq!(cached.as_deref(), Some("1:h"));
+    assert_eq!(app.store.cached("p:1:2").await.as_deref(), Some("1:h"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,4 +342,69 @@ async fn concurrent_misses_of_one_pair_share_a_read_and_all_answer_right() {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     assert!(joined >= 1, "no miss shared a read:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_whose_lease_a_later_refresh_took_over_is_what_readers_get_meanwhile() {
+    // Arrange: the pair cached as "no relation"; a mutation's refresh takes
+    // its leases, then another refresh (the binlog follower's, another
+    // instance's) takes them over before the mutation fills.
+    use connstatus::domain::Subject;
+    let store = Isolated::new().await;
+    let cache = store.cache();
+    let pair = Pair::new(id(1), id(2)).expect("pair");
+    let lease = async || {
+        cache
+            .lease(&[Subject::Pair(pair)], LeaseFor::Refresh)
+            .await
+            .expect("lease")
+            .pop()
+            .flatten()
+            .expect("a refresh always leases")
+    };
+    let none = Versioned {
+        version: 0,
+        value: Relation::None,
+    };
+    let first = lease().await;
+    assert_eq!(
+        cache
+            .fill_leased(&[(first, Some(Entry::Pair(pair, none)))])
+            .await
+            .expect("fill"),
+        1
+    );
+    let mutation = lease().await;
+    let follower = lease().await;
+
+    // Act: the mutation's fill arrives after the takeover.
+    let requested = Versioned {
+        version: 1,
+        value: Relation::Pending {
+            by: Side::Low,
+            rejected: false,
+        },
+    };
+    let written = cache
+        .fill_leased(&[(mutation, Some(Entry::Pair(pair, requested)))])
+        .await
+        .expect("fill");
+
+    // Assert: not written (the later lease's holder fills), but readers on
+    // either side answer the mutation's state meanwhile, not the older one.
+    assert_eq!(written, 0);
+    for viewer in [id(1), id(2)] {
+        let seen = cache
+            .lookup(viewer, Some((pair, viewer)))
+            .await
+            .expect("lookup");
+        assert_eq!(seen.pair, Some(requested), "seen by {viewer:?}");
+    }
+    assert_eq!(
+        cache
+            .fill_leased(&[(follower, Some(Entry::Pair(pair, requested)))])
+            .await
+            .expect("fill"),
+        1
+    );
 }

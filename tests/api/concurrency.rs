@@ -123,13 +123,10 @@ async fn batch(app: &TestApp, viewer: u64, users: &[u64]) -> (u16, Value) {
 /// pressure would: readers then miss and fill while writers write, which is
 /// the race the only-if-newer fill exists for.
 async fn evictor(app: Arc<TestApp>, seed: u64, until: Instant, ops: Arc<AtomicU64>) {
-    use redis::AsyncCommands;
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut redis = app.store.redis().await;
     while Instant::now() < until {
         let (a, b) = two_users(&mut rng);
-        let key = format!("{}p:{}:{}", app.store.prefix, a.min(b), a.max(b));
-        let _: () = redis.del(key).await.expect("DEL");
+        app.store.evict(&format!("p:{a}:{b}")).await;
         ops.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(1)).await;
     }

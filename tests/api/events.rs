@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use connstatus::cache::Cache;
+use connstatus::cache::LeaseFor;
 use connstatus::db::reads;
 use connstatus::domain::{Entry, Pair, Subject, UserId};
 use serde_json::{json, Value};
 
-use crate::helpers::{redis_url, spawn_app, spawn_app_with, Isolated, PrivateRedis};
+use crate::helpers::{spawn_app, spawn_app_with, PrivateRedis};
 
 fn id(n: u64) -> UserId {
     UserId::new(n).expect("valid id")
@@ -260,10 +260,9 @@ async fn a_fill_that_read_before_a_committed_write_arrives_late_and_is_refused()
         .sql("INSERT INTO user_connections (user_low, user_high, state, requested_by) VALUES (1, 2, 'pending', 1)")
         .await;
     let pair = Pair::new(id(1), id(2)).expect("pair");
-    let client = redis::Client::open(redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
+    let cache = app.store.cache();
     let lease = cache
-        .lease(&[Subject::Pair(pair)], false)
+        .lease(&[Subject::Pair(pair)], LeaseFor::Reader(id(1)))
         .await
         .expect("lease")
         .pop()
@@ -302,8 +301,8 @@ async fn a_mutation_while_redis_is_unreachable_lands_in_the_cache_once_it_is_bac
     .await;
     app.users(&[1, 2]).await;
     assert_eq!(app.status(1, 2).await, None);
-    let key = format!("{}p:1:2", app.store.prefix);
-    assert_eq!(redis.get(&key).await.as_deref(), Some("0:n"));
+    let prefix = app.store.prefix.clone();
+    assert_eq!(redis.entry(&prefix, "p:1:2").await.as_deref(), Some("0:n"));
 
     // Act: Redis stops answering (clients paused); a mutation commits.
     redis
@@ -329,7 +328,10 @@ async fn a_mutation_while_redis_is_unreachable_lands_in_the_cache_once_it_is_bac
 
     // Assert: once Redis answers again the queued refresh lands, unaided.
     loop {
-        if redis.get(&key).await.as_deref() == Some("1:l") && app.store.queued().await == 0 {
+        if redis.entry(&prefix, "p:1:2").await.as_deref() == Some("1:l")
+            && redis.entry(&prefix, "p:2:1").await.as_deref() == Some("1:l")
+            && app.store.queued().await == 0
+        {
             break;
         }
         assert!(

@@ -28,13 +28,17 @@ async fn refreshes_lost_by_a_redis_restart_from_an_older_snapshot_are_replayed()
              (1, 5, 'pending', 1), (1, 6, 'pending', 1), (1, 7, 'pending', 1)",
         )
         .await;
-    let key = |other: u64| format!("{}p:1:{other}", app.store.prefix);
+    let prefix = app.store.prefix.clone();
+    let key = |other: u64| format!("p:1:{other}");
     for other in mutated.into_iter().chain([7]) {
         assert_eq!(
             app.status(1, other).await.as_deref(),
             Some("sent_connection_request")
         );
-        assert_eq!(redis.get(&key(other)).await.as_deref(), Some("1:l"));
+        assert_eq!(
+            redis.entry(&prefix, &key(other)).await.as_deref(),
+            Some("1:l")
+        );
     }
     redis.command(&["SAVE"]).await.expect("SAVE");
     let before = redis.info_field("run_id").await.expect("run_id");
@@ -42,7 +46,10 @@ async fn refreshes_lost_by_a_redis_restart_from_an_older_snapshot_are_replayed()
     // Act: the requests are accepted; Redis acknowledges version 2 of each.
     for other in mutated {
         assert_eq!(app.act(other, "1", "accept").await.status(), 200);
-        assert_eq!(redis.get(&key(other)).await.as_deref(), Some("2:c"));
+        assert_eq!(
+            redis.entry(&prefix, &key(other)).await.as_deref(),
+            Some("2:c")
+        );
     }
     // Redis dies (SIGKILL) and comes back from the snapshot: version 1 again.
     redis.kill();
@@ -54,7 +61,7 @@ async fn refreshes_lost_by_a_redis_restart_from_an_older_snapshot_are_replayed()
         "a new server"
     );
     assert_eq!(
-        redis.get(&key(7)).await.as_deref(),
+        redis.entry(&prefix, &key(7)).await.as_deref(),
         Some("1:l"),
         "the snapshot was loaded (an untouched pair is as saved)"
     );
@@ -63,7 +70,7 @@ async fn refreshes_lost_by_a_redis_restart_from_an_older_snapshot_are_replayed()
     loop {
         let mut stale = Vec::new();
         for other in mutated {
-            let value = redis.get(&key(other)).await;
+            let value = redis.entry(&prefix, &key(other)).await;
             if value.as_deref() != Some("2:c") {
                 stale.push((other, value));
             }
@@ -110,7 +117,8 @@ async fn a_refresh_the_old_server_took_but_marked_landed_after_the_replay_is_rep
              (1, 2, 'pending', 1), (1, 3, 'pending', 1)",
         )
         .await;
-    let key = |other: u64| format!("{}p:1:{other}", app.store.prefix);
+    let prefix = app.store.prefix.clone();
+    let key = |other: u64| format!("p:1:{other}");
     for other in [2, 3] {
         assert_eq!(
             app.status(1, other).await.as_deref(),
@@ -126,15 +134,13 @@ async fn a_refresh_the_old_server_took_but_marked_landed_after_the_replay_is_rep
     app.store
         .sql("UPDATE user_connections SET state = 'connected', requested_by = NULL WHERE user_low = 1 AND user_high = 2")
         .await;
-    redis
-        .command(&["SET", &key(2), "2:c"])
-        .await
-        .expect("the old server takes the write");
+    // The old server takes the write.
+    redis.plant(&prefix, &key(2), "2:c").await;
     redis.kill();
     redis.restart().await;
     let restarted = Instant::now();
     // The replay of the window lands (1, 3): its first pass is done.
-    while redis.get(&key(3)).await.as_deref() != Some("2:c") {
+    while redis.entry(&prefix, &key(3)).await.as_deref() != Some("2:c") {
         assert!(
             restarted.elapsed() < Duration::from_secs(5),
             "(1, 3) was not replayed"
@@ -143,7 +149,7 @@ async fn a_refresh_the_old_server_took_but_marked_landed_after_the_replay_is_rep
     }
     // Only now does the half-way refresh mark its row landed (well within
     // the MySQL timeout after the change).
-    assert_eq!(redis.get(&key(2)).await.as_deref(), Some("1:l"));
+    assert_eq!(redis.entry(&prefix, &key(2)).await.as_deref(), Some("1:l"));
     app.store
         .sql("INSERT INTO cache_refresh_queue (kind, a, b, version, landed_at) VALUES (1, 1, 2, 2, NOW(6))")
         .await;
@@ -151,7 +157,7 @@ async fn a_refresh_the_old_server_took_but_marked_landed_after_the_replay_is_rep
 
     // Assert: a second pass, once no refresh under way at the change can
     // still land (the MySQL timeout), replays it as well.
-    while redis.get(&key(2)).await.as_deref() != Some("2:c") {
+    while redis.entry(&prefix, &key(2)).await.as_deref() != Some("2:c") {
         assert!(
             late.elapsed() < Duration::from_secs(8),
             "the late acknowledgement was never replayed"

@@ -43,8 +43,8 @@ async fn redis_killed_and_restarted_under_traffic_never_costs_an_answer() {
         }
     };
     check("warm").await;
-    let key = format!("{}p:1:2", app.store.prefix);
-    assert_eq!(redis.get(&key).await.as_deref(), Some("1:c"));
+    let prefix = app.store.prefix.clone();
+    assert_eq!(redis.entry(&prefix, "p:1:2").await.as_deref(), Some("1:c"));
 
     // Act: kill Redis; keep reading and writing.
     redis.kill();
@@ -75,7 +75,7 @@ async fn redis_killed_and_restarted_under_traffic_never_costs_an_answer() {
     let started = Instant::now();
     loop {
         check("redis back").await;
-        if redis.get(&key).await.as_deref() == Some("1:c") {
+        if redis.entry(&prefix, "p:1:2").await.as_deref() == Some("1:c") {
             break;
         }
         assert!(

@@ -212,9 +212,15 @@ struct FollowProcess {
 
 impl FollowProcess {
     fn start(store: &Isolated) -> Self {
+        Self::start_with(store, &[])
+    }
+
+    /// Starts one with extra environment variables.
+    fn start_with(store: &Isolated, envs: &[(&str, &str)]) -> Self {
         let mut child = connstatus(store)
             .arg("follow")
             .env("RUST_LOG", "info")
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -232,7 +238,12 @@ impl FollowProcess {
 
     /// Starts one and waits until a position is stored.
     async fn following(store: &Isolated) -> Self {
-        let follower = Self::start(store);
+        Self::following_with(store, &[]).await
+    }
+
+    /// [`FollowProcess::following`] with extra environment variables.
+    async fn following_with(store: &Isolated, envs: &[(&str, &str)]) -> Self {
+        let follower = Self::start_with(store, envs);
         until("a position is stored", Duration::from_secs(15), || {
             position_stored(store)
         })
@@ -830,15 +841,8 @@ async fn a_rolled_back_transaction_refreshes_nothing() {
     // Arrange: pairs (1, 2..=21) cached; the entries of (1, 2..=11) replaced
     // by a marker no refresh would write (the right version, another state).
     let (_db, app, _pairs) = followed(21, 20).await;
-    let mut redis = app.store.redis().await;
     for other in 2..=11 {
-        let _: () = redis::AsyncCommands::set(
-            &mut redis,
-            format!("{}p:1:{other}", app.store.prefix),
-            "1:c",
-        )
-        .await
-        .expect("SET");
+        app.store.plant(&format!("p:1:{other}"), "1:c").await;
     }
 
     // Act: a transaction changes (1, 2..=11) and rolls back; then a commit
@@ -877,7 +881,13 @@ async fn a_hundred_thousand_rows_in_one_transaction_are_applied_with_flat_memory
     let db = PrivateMariaDb::with_binlog().await;
     let app = app_on(&db, false).await;
     graph(&app.store, 450, 100_000).await;
-    let follower = FollowProcess::following(&app.store).await;
+    // Each user has some 450 relations: the bound on a user's hash is raised
+    // above that, so that every entry can be checked.
+    let follower = FollowProcess::following_with(
+        &app.store,
+        &[("CONNSTATUS_CACHE_RELATIONS_PER_USER", "1000")],
+    )
+    .await;
     // Its memory once following (a few small transactions first).
     let mut conn = writer(&app.store).await;
     conn.query_drop(
@@ -899,7 +909,7 @@ async fn a_hundred_thousand_rows_in_one_transaction_are_applied_with_flat_memory
     assert_eq!(rows.len(), 100_000);
     let keys: Vec<((u64, u64), String)> = rows
         .keys()
-        .map(|&(l, h)| ((l, h), format!("{}p:{l}:{h}", app.store.prefix)))
+        .map(|&(l, h)| ((l, h), format!("p:{l}:{h}")))
         .collect();
     let mut redis = app.store.redis().await;
     let started = Instant::now();
@@ -909,12 +919,11 @@ async fn a_hundred_thousand_rows_in_one_transaction_are_applied_with_flat_memory
             "not every entry was refreshed within 120 s"
         );
         for chunk in keys.chunks(5000) {
-            let names: Vec<&str> = chunk.iter().map(|(_, k)| k.as_str()).collect();
-            let values: Vec<Option<String>> = redis::cmd("MGET")
-                .arg(&names)
-                .query_async(&mut redis)
-                .await
-                .expect("MGET");
+            let mut pipe = redis::pipe();
+            for (_, spec) in chunk {
+                pipe.add_command(crate::helpers::read_cmd(&app.store.prefix, spec));
+            }
+            let values: Vec<Option<String>> = pipe.query_async(&mut redis).await.expect("HGET");
             let stale = chunk.iter().zip(&values).any(|((pair, _), value)| {
                 value.as_deref() != Some(&format!("{}:c", rows[pair].3)[..])
             });

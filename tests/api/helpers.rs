@@ -135,12 +135,7 @@ impl Drop for Isolated {
             };
             runtime.block_on(async move {
                 let _ = db::drop_database(&url).await;
-                if let Ok(client) = redis::Client::open(redis_url()) {
-                    let settings = Isolated::cache_settings(&prefix);
-                    if let Ok(cache) = Cache::new(client, &settings) {
-                        let _ = cache.purge().await;
-                    }
-                }
+                let _ = cache_on(&redis_url(), &prefix).purge().await;
             });
         });
         let _ = cleanup.join();
@@ -333,31 +328,7 @@ pub fn expected(row: Option<&Row>, viewer: u64) -> Value {
 impl Isolated {
     /// The pair row of (low, high) as stored, if any.
     pub async fn row(&self, low: u64, high: u64) -> Option<Row> {
-        use connstatus::db::schema::user_connections as uc;
-        use connstatus::db::state::State;
-        use diesel::prelude::*;
-        use diesel_async::RunQueryDsl;
-        let mut conn = self.connection().await;
-        let row: Option<(State, Option<u64>, bool, u64)> = uc::table
-            .find((low, high))
-            .select((
-                uc::state,
-                uc::requested_by,
-                uc::rejected_at.is_not_null(),
-                uc::version,
-            ))
-            .first(&mut conn)
-            .await
-            .optional()
-            .expect("read row");
-        row.map(|(state, by, rejected, version)| {
-            let state = match state {
-                State::None => "none",
-                State::Pending => "pending",
-                State::Connected => "connected",
-            };
-            (state.to_owned(), by, rejected, version)
-        })
+        row_on(&mut self.connection().await, low, high).await
     }
 
     /// Rows in the cache refresh queue still pending (not landed).
@@ -374,23 +345,91 @@ impl Isolated {
             .expect("count")
     }
 
-    /// Removes a key under this prefix (`p:1:2`, `u:5`), as an eviction
-    /// would.
-    pub async fn evict(&self, key: &str) {
-        let _: () =
-            redis::AsyncCommands::del(&mut self.redis().await, format!("{}{key}", self.prefix))
-                .await
-                .expect("DEL");
+    /// Removes the entry `spec` (see [`spot`]; both copies of a pair), as an
+    /// eviction would.
+    pub async fn evict(&self, spec: &str) {
+        let mut redis = self.redis().await;
+        for cmd in delete_cmds(&self.prefix, spec) {
+            let _: () = cmd.query_async(&mut redis).await.expect("DEL");
+        }
     }
 
-    /// The raw cache value of a key under this prefix (`p:1:2`, `u:5`).
-    pub async fn cached(&self, key: &str) -> Option<String> {
-        use redis::AsyncCommands;
-        self.redis()
-            .await
-            .get(format!("{}{key}", self.prefix))
+    /// The raw cache value of the entry `spec` (see [`spot`]).
+    pub async fn cached(&self, spec: &str) -> Option<String> {
+        read_cmd(&self.prefix, spec)
+            .query_async(&mut self.redis().await)
             .await
             .expect("GET")
+    }
+
+    /// Writes a raw value into the entry `spec` (see [`spot`]), behind the
+    /// service's back.
+    pub async fn plant(&self, spec: &str, value: &str) {
+        let _: () = write_cmd(&self.prefix, spec, value)
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("SET");
+    }
+
+    /// A cache over the shared Redis under this prefix, as the service's.
+    pub fn cache(&self) -> Cache {
+        cache_on(&redis_url(), &self.prefix)
+    }
+}
+
+/// A cache over the Redis at `url` under `prefix`, as the service's.
+pub fn cache_on(url: &str, prefix: &str) -> Cache {
+    let settings = Isolated::cache_settings(prefix);
+    let timeout = std::time::Duration::from_millis(settings.redis_timeout_ms);
+    let link = connstatus::cache::link::Target::new(vec![url.to_owned()], &settings, timeout)
+        .link()
+        .expect("link");
+    Cache::new(link, &settings).expect("cache")
+}
+
+/// Where the cache keeps the entry named `spec` under `prefix` (the layout
+/// of `docs/operations.md#the-key-layout`): `u:5` is user 5's string key;
+/// `p:1:2` is user 1's copy of the pair (1, 2): field `2` of user 1's
+/// relations hash (`p:2:1` is user 2's copy).
+pub fn spot(prefix: &str, spec: &str) -> (String, Option<String>) {
+    let parts: Vec<&str> = spec.split(':').collect();
+    match parts.as_slice() {
+        ["u", user] => (format!("{prefix}{{{user}}}u"), None),
+        ["p", viewer, other] => (format!("{prefix}{{{viewer}}}r"), Some((*other).to_owned())),
+        _ => panic!("not an entry: {spec}"),
+    }
+}
+
+/// A command that reads the entry `spec`.
+pub fn read_cmd(prefix: &str, spec: &str) -> redis::Cmd {
+    match spot(prefix, spec) {
+        (key, None) => redis::cmd("GET").arg(key).to_owned(),
+        (key, Some(field)) => redis::cmd("HGET").arg(key).arg(field).to_owned(),
+    }
+}
+
+/// A command that writes `value` into the entry `spec`.
+pub fn write_cmd(prefix: &str, spec: &str, value: &str) -> redis::Cmd {
+    match spot(prefix, spec) {
+        (key, None) => redis::cmd("SET").arg(key).arg(value).to_owned(),
+        (key, Some(field)) => redis::cmd("HSET").arg(key).arg(field).arg(value).to_owned(),
+    }
+}
+
+/// Commands that delete the entry `spec`: a user's key, or both copies of a
+/// pair.
+pub fn delete_cmds(prefix: &str, spec: &str) -> Vec<redis::Cmd> {
+    match spec.split(':').collect::<Vec<_>>().as_slice() {
+        ["p", a, b] => [(a, b), (b, a)]
+            .into_iter()
+            .map(|(v, o)| {
+                redis::cmd("HDEL")
+                    .arg(format!("{prefix}{{{v}}}r"))
+                    .arg(*o)
+                    .to_owned()
+            })
+            .collect(),
+        _ => vec![redis::cmd("DEL").arg(spot(prefix, spec).0).to_owned()],
     }
 }
 
@@ -492,13 +531,25 @@ impl PrivateRedis {
         cmd.query_async(&mut conn).await
     }
 
-    /// The raw value of `key`; `None` when absent or while Redis does not
-    /// answer (paused).
-    pub async fn get(&self, key: &str) -> Option<String> {
-        match self.command(&["GET", key]).await {
-            Ok(redis::Value::BulkString(bytes)) => String::from_utf8(bytes).ok(),
-            _ => None,
-        }
+    /// The raw value of the entry `spec` (see [`spot`]) under `prefix`;
+    /// `None` when absent or while Redis does not answer (paused).
+    pub async fn entry(&self, prefix: &str, spec: &str) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        read_cmd(prefix, spec).query_async(&mut conn).await.ok()?
+    }
+
+    /// Writes a raw value into the entry `spec` under `prefix`.
+    pub async fn plant(&self, prefix: &str, spec: &str, value: &str) {
+        let client = redis::Client::open(self.url()).expect("url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = write_cmd(prefix, spec, value)
+            .query_async(&mut conn)
+            .await
+            .expect("SET");
     }
 }
 
@@ -941,4 +992,32 @@ impl PrivateRedis {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
         nix::sys::signal::kill(pid, signal).expect("signal redis-server");
     }
+}
+
+/// The stored row of the pair `(low, high)` on `conn`.
+pub async fn row_on(conn: &mut AsyncMysqlConnection, low: u64, high: u64) -> Option<Row> {
+    use connstatus::db::schema::user_connections as uc;
+    use connstatus::db::state::State;
+    use diesel::prelude::*;
+    use diesel_async::RunQueryDsl;
+    let row: Option<(State, Option<u64>, bool, u64)> = uc::table
+        .find((low, high))
+        .select((
+            uc::state,
+            uc::requested_by,
+            uc::rejected_at.is_not_null(),
+            uc::version,
+        ))
+        .first(conn)
+        .await
+        .optional()
+        .expect("read row");
+    row.map(|(state, by, rejected, version)| {
+        let state = match state {
+            State::None => "none",
+            State::Pending => "pending",
+            State::Connected => "connected",
+        };
+        (state.to_owned(), by, rejected, version)
+    })
 }

@@ -22,4 +22,5 @@ mod replicas;
 mod routes;
 mod schema;
 mod status;
+mod topology;
 mod warm;

@@ -124,7 +124,7 @@ async fn ids_that_never_existed_leave_one_short_lived_entry_each() {
         assert_eq!(app.status_of(1, &id.to_string()).await.status(), 404);
         let mut redis = app.store.redis().await;
         let user_ttl: i64 = redis::cmd("TTL")
-            .arg(format!("{}u:{id}", app.store.prefix))
+            .arg(crate::helpers::spot(&app.store.prefix, &format!("u:{id}")).0)
             .query_async(&mut redis)
             .await
             .expect("TTL");
@@ -282,7 +282,7 @@ async fn entries_agree(
             ));
         }
         let cached = redis
-            .get(&format!("{}p:{low}:{high}", app.store.prefix))
+            .entry(&app.store.prefix, &format!("p:{low}:{high}"))
             .await;
         match cached.as_deref() {
             None => {}

@@ -142,13 +142,7 @@ async fn with_replication_stopped_for_30_s_answers_trail_the_primary_then_catch_
     );
     // A key holding a value that is not ours is replaced by a miss whatever
     // it holds: that miss reads the primary, never a replica's older state.
-    let _: () = redis::AsyncCommands::set(
-        &mut app.store.redis().await,
-        format!("{}p:1:4", app.store.prefix),
-        "not ours",
-    )
-    .await
-    .expect("SET");
+    app.store.plant("p:1:4", "not ours").await;
     assert_eq!(app.status(1, 4).await.as_deref(), Some("connected"));
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed())).await;
     assert_eq!(app.status(1, 2).await, None);

@@ -2,7 +2,6 @@
 
 use std::process::Command;
 
-use connstatus::cache::Cache;
 use connstatus::db::{self, reads};
 use connstatus::domain::{Entry, UserId};
 use connstatus::service::warm::{Progress, Tuning, Warmer};
@@ -29,9 +28,15 @@ fn warm(store: &Isolated, args: &[&str]) -> (i32, String, String) {
 
 /// A warm job over `app`'s database and keys.
 fn warmer_for(app: &crate::helpers::TestApp) -> Warmer {
-    let client = redis::Client::open(redis_url()).expect("url");
-    let cache = Cache::new(client, &Isolated::cache_settings(&app.store.prefix)).expect("cache");
-    let redis = Warmer::redis_pool(&secrecy::SecretString::from(redis_url()), 2).expect("pool");
+    let cache = app.store.cache();
+    let settings = Isolated::cache_settings(&app.store.prefix);
+    let redis = connstatus::cache::link::Target::new(
+        vec![redis_url()],
+        &settings,
+        std::time::Duration::from_secs(2),
+    )
+    .pool(2)
+    .expect("pool");
     let pool = db::pool(
         &secrecy::SecretString::from(app.store.database_url.clone()),
         2,
