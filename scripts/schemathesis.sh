@@ -4,6 +4,8 @@
 # OpenAPI document: no 5xx, and every response matches the schema. Bounded:
 # SCHEMATHESIS_EXAMPLES per operation (default 50), and the service it starts
 # is stopped on exit. Expects MariaDB and Redis up (scripts/services.sh).
+# With SCHEMATHESIS_BASE_URL (and SCHEMATHESIS_TOKEN, a user's JWT) it runs
+# against that service instead, e.g. the balancer of scripts/cluster.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/services.sh
@@ -13,6 +15,12 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   # Debian splits venv support into its own package.
   python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv"; cs_apt_install python3-venv; python3 -m venv "$venv"; }
   "$venv/bin/pip" install --quiet schemathesis==4.32.5
+fi
+if [ -n "${SCHEMATHESIS_BASE_URL:-}" ]; then
+  exec "$venv/bin/schemathesis" run "$SCHEMATHESIS_BASE_URL/api/v2/openapi.json" \
+    -H "Authorization: Bearer ${SCHEMATHESIS_TOKEN:?a user token for SCHEMATHESIS_BASE_URL}" \
+    --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \
+    --max-examples "${SCHEMATHESIS_EXAMPLES:-50}" --request-timeout 5 --seed 1 --no-color
 fi
 cargo build --locked --quiet
 bin=target/debug/connstatus
