@@ -21,6 +21,7 @@ mod outbox;
 mod replicas;
 mod routes;
 mod schema;
+mod sentinel;
 mod status;
 mod topology;
 mod warm;
