@@ -2,7 +2,7 @@
 # A/B of the cached GET between another build of connstatus (BASELINE, e.g.
 # a release binary built from an earlier commit) and this checkout's release
 # build, on the graph and warm cache that scripts/load.sh leaves in
-# `connstatus_bench` / `bench:1:`. Both services and Floor H run at once; wrk
+# `connstatus_bench` / `bench:2:`. Both services and Floor H run at once; wrk
 # drives them in turn, alternating, ROUNDS times, one key and 10 000 keys.
 # Everything is on 127.0.0.1, every run is bounded, every server is stopped.
 #   usage: scripts/compare.sh BASELINE [ROUNDS]
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 baseline=${1:?usage: scripts/compare.sh BASELINE_BINARY [ROUNDS]}
 rounds=${2:-3}
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
-export REDIS_URL=redis://127.0.0.1:6379 CONNSTATUS_REDIS_PREFIX=bench:1: RUST_LOG=warn
+export REDIS_URL=redis://127.0.0.1:6379 CONNSTATUS_REDIS_PREFIX=bench:2: RUST_LOG=warn
 export CONNSTATUS_MIGRATE_ON_START=false
 source scripts/services.sh
 floors=$(cs_release_build)
@@ -19,7 +19,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 CONNSTATUS_BIND=127.0.0.1:18190 CONNSTATUS_ADMIN_BIND=127.0.0.1:18191 "$baseline" serve & pids+=($!)
 CONNSTATUS_BIND=127.0.0.1:18192 CONNSTATUS_ADMIN_BIND=127.0.0.1:18193 target/release/connstatus serve & pids+=($!)
-FLOOR_KEY="bench:1:p:1:{id}" "$floors" h 127.0.0.1:18194 & pids+=($!)
+FLOOR_KEY="bench:2:{{id}}u" "$floors" h 127.0.0.1:18194 & pids+=($!)
 for url in http://127.0.0.1:18190/readyz http://127.0.0.1:18192/readyz http://127.0.0.1:18194/floor/2; do
   cs_wait_until 30 "$url" curl -sf "$url" || exit 1
 done

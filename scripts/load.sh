@@ -3,10 +3,11 @@
 # 127.0.0.1, load generator (wrk) in its own process, identical settings for
 # every scenario. Seeds a graph, warms the cache, then drives in turn:
 #   floor-h      Floor H: one Redis GET per request (benches/floors.rs) of
-#                one key, the entry of the pair cached-one reads
+#                one key, the user entry of the target cached-one reads
 #   cached-one   connstatus GET, one cached pair
-#   floor-h-many Floor H reading the pair entries cached-many reads, one
-#                random key per request: Redis's lookup of a random key
+#   floor-h-many Floor H reading the user entries of the targets
+#                cached-many reads, one random key per request: Redis's
+#                lookup of a random key
 #                among a million costs several times a hot key's
 #   cached-many  connstatus GET, cached pairs spread over LOAD_HOT targets
 #   floor-m      Floor M: one MySQL primary-key select per request
@@ -46,7 +47,7 @@ SOAK=${LOAD_SOAK:-60}
 VIEWERS=256
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379
-export CONNSTATUS_REDIS_PREFIX=bench:1:
+export CONNSTATUS_REDIS_PREFIX=bench:2:
 export RUST_LOG=warn
 APP=127.0.0.1:18180 FLOOR_H=127.0.0.1:18181 FLOOR_M=127.0.0.1:18182
 
@@ -55,15 +56,20 @@ bin=target/release/connstatus
 
 "$bin" seed --users "$USERS" --connections "$PAIRS" --seed 42 --reset
 # The seed emptied the cache prefix: warm it all, and keep the summary line.
+# Redis's memory before and after tells the bytes per cached relation.
+used_memory() { redis-cli -h 127.0.0.1 info memory | tr -d '\r' | sed -n 's/^used_memory://p'; }
+memory_before=$(used_memory)
 warm_line=$("$bin" warm --all 2>/dev/null | tail -1)
+memory_after=$(used_memory)
 echo "$warm_line"
+echo "redis used_memory: $memory_before before the warm, $memory_after after"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 CONNSTATUS_BIND=$APP CONNSTATUS_ADMIN_BIND=127.0.0.1:18189 "$bin" serve & pids+=($!)
 app_pid=$!
-FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}p:1:{id}" "$floors" h "$FLOOR_H" & pids+=($!)
+FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}{{id}}u" "$floors" h "$FLOOR_H" & pids+=($!)
 floor_h_pid=$!
 "$floors" m "$FLOOR_M" & pids+=($!)
 floor_m_pid=$!
@@ -135,9 +141,9 @@ drive soak "$APP" "$status_path" spread 2 "$HOT" "${SOAK}s" >/dev/null
 wait "$sampler" || true
 
 mkdir -p bench-results
-python3 - "$results" "$THREADS" "$CONNS" "$DURATION" "$USERS" "$PAIRS" "$warm_line" "$ROUNDS" "$rss_log" "$SOAK" <<'PY' | tee bench-results/load.txt
+python3 - "$results" "$THREADS" "$CONNS" "$DURATION" "$USERS" "$PAIRS" "$warm_line" "$ROUNDS" "$rss_log" "$SOAK" "$memory_before" "$memory_after" <<'PY' | tee bench-results/load.txt
 import re, sys
-path, threads, conns, duration, users, pairs, warm, rounds, rss_path, soak = sys.argv[1:]
+path, threads, conns, duration, users, pairs, warm, rounds, rss_path, soak, mem0, mem1 = sys.argv[1:]
 runs = {}
 for line in open(path):
     name, rps, p50, p99, non2xx, errors, cpu_s, cpu_r, cpu_m = line.split()
@@ -152,6 +158,8 @@ rows = {name: dict(rps=mean([r["rps"] for r in rs]), p50=int(mean([r["p50"] for 
 floor = {"cached-one": "floor-h", "cached-many": "floor-h-many", "uncached": "floor-m",
          "batch-50": "floor-h", "batch-500": "floor-h"}
 print(f"connstatus warm --all, empty cache: {warm.removeprefix('warm: ')}")
+print(f"redis memory for the warmed graph: {int(mem1) - int(mem0)} bytes, {(int(mem1) - int(mem0)) / int(pairs):.1f} per relation "
+      f"({pairs} relations, two copies each, and {users} user entries; `used_memory` of INFO memory)")
 print(f"wrk -t{threads} -c{conns} -d{duration}, 127.0.0.1, {users} users / {pairs} pairs seeded, mean of {rounds} alternating rounds")
 print(f"{'scenario':<12} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'non-2xx':>8}  vs floor")
 for name, r in rows.items():
