@@ -12,33 +12,31 @@ local written = {}
 for i = 1, #KEYS do
   local at = HEAD + 4 * i - 4
   local field, token, value, ttl = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  local current = get(KEYS[i], field)
+  local held = get(KEYS[i], field)
   written[i] = 0
-  if current and string.sub(current, 1, 17) == token then
+  if held and string.sub(held, 1, 17) == token then
     if value == '' then
-      value = behind(current)
+      value = behind(held)
     end
     if value == '' then
       del(KEYS[i], field)
     else
-      put(KEYS[i], field, value, ttl)
+      put(KEYS[i], field, value, ttl, false)
       written[i] = 1
     end
-  elseif current and value ~= '' and is_lease(current) then
+  elseif held and value ~= '' and is_lease(held) then
     -- A later lease took this one over (a refresh: the binlog follower's,
     -- another instance's): its holder will fill. Meanwhile readers answer
     -- the entry behind it; when this read is newer, it goes there, so that
     -- a mutation whose fill was taken over is still read back at once. Not
     -- counted as written: the lease's holder fills.
-    local before = behind(current)
-    local before_version = tonumber(string.match(before, '^(%d+):'))
-    local version = tonumber(string.match(value, '^(%d+):'))
-    if before_version == nil or before_version < version then
-      local lease = string.sub(current, 1, 29) .. value
+    local before = version_of(behind(held))
+    if before == nil or before < version_of(value) then
+      local lease = string.sub(held, 1, 29) .. value
       if field == '' then
         redis.call('SET', KEYS[i], lease, 'KEEPTTL')
       else
-        redis.call('HSET', KEYS[i], field, lease)
+        put(KEYS[i], field, lease, ttl, false)
       end
     end
   end

@@ -10,17 +10,18 @@
 local taken = {}
 for i = 1, #KEYS do
   local field = ARGV[HEAD + 2 * i - 1]
-  local current = get(KEYS[i], field)
   local value = ARGV[HEAD + 2 * i] .. DEADLINE
-  if current then
-    if is_lease(current) then
-      current = behind(current)
+  local held = get(KEYS[i], field)
+  local new = not held
+  if held then
+    if is_lease(held) then
+      held = behind(held)
     end
-    if is_entry(current) then
-      value = value .. current
+    if is_entry(held) then
+      value = value .. held
     end
   end
-  put_lease(KEYS[i], field, value)
+  put_lease(KEYS[i], field, value, new)
   taken[i] = 1
 end
 return taken

@@ -1,6 +1,6 @@
--- Shared by every script (prepended to each): reading and writing one copy
--- of an entry, a "spot": a string key (field '') or a field of a user's
--- relations hash (see codec.rs for the layout, write.rs for the rules).
+-- Shared by every script (prepended to each): reading and writing copies of
+-- entries, "spots": a string key (field '') or a field of a user's relations
+-- hash (see codec.rs for the layout, write.rs for the rules).
 -- A lease is "~<16 hex token><12 hex deadline, Unix ms>", possibly followed
 -- by the entry it stands in front of. A string key also expires with its
 -- lease; a hash field cannot, so the deadline is compared here.
@@ -18,13 +18,6 @@ local function now_ms()
 end
 local NOW = now_ms()
 local DEADLINE = string.format('%012x', NOW + LEASE_MS)
-
-local function get(key, field)
-  if field == '' then
-    return redis.call('GET', key)
-  end
-  return redis.call('HGET', key, field)
-end
 
 local function is_lease(value)
   return string.sub(value, 1, 1) == '~'
@@ -44,33 +37,62 @@ local function is_entry(value)
   return string.match(value, '^%d+:[nclhLHag]$') ~= nil
 end
 
--- Whether a new field fits in the hash (a hub user's hash is bounded).
-local function room(key, field)
-  return field == '' or redis.call('HLEN', key) < CAP or redis.call('HEXISTS', key, field) == 1
+local function version_of(value)
+  return tonumber(string.match(value, '^(%d+):'))
 end
 
--- Writes an entry; a full hash first drops random fields (dropping a copy,
--- even a lease, is always safe: it only makes a miss).
-local function put(key, field, value, ttl)
+local function get(key, field)
+  if field == '' then
+    return redis.call('GET', key)
+  end
+  return redis.call('HGET', key, field)
+end
+
+-- Fields of each hash before this call, and how many this call added.
+local lengths, added, aged = {}, {}, {}
+
+-- Room left in a hash for a new field.
+local function room(key)
+  if not lengths[key] then
+    lengths[key] = redis.call('HLEN', key)
+    added[key] = 0
+  end
+  return CAP - lengths[key] - added[key]
+end
+
+-- Writes an entry (`new`: the spot is empty now). A new field in a full
+-- hash first drops random fields (dropping a copy, even a lease, is always
+-- safe: it only makes a miss).
+local function put(key, field, value, ttl, new)
   if field == '' then
     redis.call('SET', key, value, 'EX', ttl)
     return
   end
-  if not room(key, field) then
-    local victims = redis.call('HRANDFIELD', key, 8)
-    redis.call('HDEL', key, unpack(victims))
+  local created = false
+  if new then
+    if room(key) <= 0 then
+      local victims = redis.call('HRANDFIELD', key, 8)
+      if #victims > 0 then
+        lengths[key] = lengths[key] - redis.call('HDEL', key, unpack(victims))
+      end
+    end
+    created = lengths[key] + added[key] == 0
+    added[key] = added[key] + 1
   end
   redis.call('HSET', key, field, value)
   -- The hash's lifetime counts from its creation: no entry in it is older
-  -- than the TTL, however busy the hash is.
-  redis.call('EXPIRE', key, ttl, 'NX')
+  -- than the TTL, however busy the hash is. Only a new field can create it.
+  if created and not aged[key] then
+    redis.call('EXPIRE', key, ttl, 'NX')
+    aged[key] = true
+  end
 end
 
-local function put_lease(key, field, value)
+local function put_lease(key, field, value, new)
   if field == '' then
     redis.call('SET', key, value, 'PX', LEASE_MS)
   else
-    put(key, field, value, NEW_TTL)
+    put(key, field, value, NEW_TTL, new)
   end
 end
 

@@ -15,18 +15,17 @@ local outcome = {}
 for i = 1, #KEYS do
   local at = HEAD + 4 * i - 4
   local field, value, ttl, token = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-  local current = get(KEYS[i], field)
+  local held = get(KEYS[i], field)
   outcome[i] = 0
-  if not current then
-    if room(KEYS[i], field) then
-      put_lease(KEYS[i], field, token .. DEADLINE)
+  if not held then
+    if field == '' or room(KEYS[i]) > 0 then
+      put_lease(KEYS[i], field, token .. DEADLINE, true)
       outcome[i] = 2
     end
-  elseif not is_lease(current) then
-    local current_version = tonumber(string.match(current, '^(%d+):'))
-    local new_version = tonumber(string.match(value, '^(%d+):'))
-    if current_version == nil or current_version < new_version then
-      put(KEYS[i], field, value, ttl)
+  elseif not is_lease(held) then
+    local held_version = version_of(held)
+    if held_version == nil or held_version < version_of(value) then
+      put(KEYS[i], field, value, ttl, false)
       outcome[i] = 1
     end
   end

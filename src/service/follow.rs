@@ -427,7 +427,9 @@ impl Follower {
                     tracing::warn!(error = %e, "binlog follower stopped; reconnecting");
                     if matches!(e, Ended::Binlog(BinlogError::Unreadable(..))) {
                         // The server cannot read from the stored position:
-                        // the changes since cannot be replayed.
+                        // the changes since cannot be replayed. The re-warm
+                        // starts after the shortest pause, whatever failed
+                        // before.
                         self.rewarm_next
                             .store(true, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -435,7 +437,9 @@ impl Follower {
                         .set(State::Unavailable, Some(e.public().to_owned()));
                     // A session that failed at once again and again (a re-warm
                     // that cannot write, a server that refuses) backs off.
-                    failures = if started.elapsed() > MAX_BACKOFF {
+                    failures = if started.elapsed() > MAX_BACKOFF
+                        || matches!(e, Ended::Binlog(BinlogError::Unreadable(..)))
+                    {
                         1
                     } else {
                         failures + 1

@@ -408,3 +408,50 @@ async fn a_fill_whose_lease_a_later_refresh_took_over_is_what_readers_get_meanwh
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hub_users_hash_stays_bounded_and_every_answer_stays_right() {
+    // Arrange: user 1 is connected to every other user; its hash may keep 16.
+    let app = spawn_app_with(&[("cache_relations_per_user", json!(16))]).await;
+    let others: Vec<u64> = (2..=61).collect();
+    app.users(&[&[1], &others[..]].concat()).await;
+    let rows: Vec<String> = others
+        .iter()
+        .filter(|o| *o % 2 == 0)
+        .map(|o| format!("(1, {o}, 'connected')"))
+        .collect();
+    app.store
+        .sql(&format!(
+            "INSERT INTO user_connections (user_low, user_high, state) VALUES {}",
+            rows.join(",")
+        ))
+        .await;
+
+    // Act: user 1 reads all 60, twice (misses that fill user 1's hash).
+    for round in 0..2 {
+        for &other in &others {
+            let want = (other % 2 == 0).then_some("connected");
+            assert_eq!(
+                app.status(1, other).await.as_deref(),
+                want,
+                "{other}, round {round}"
+            );
+        }
+    }
+
+    // Assert: the hash never holds more than the bound, and it expires.
+    let key = crate::helpers::spot(&app.store.prefix, "p:1:2").0;
+    let mut redis = app.store.redis().await;
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("HLEN");
+    assert!((1..=16).contains(&fields), "{fields} fields");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .expect("TTL");
+    assert!(ttl > 0, "the hash has a TTL: {ttl}");
+}
