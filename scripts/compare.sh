@@ -12,7 +12,7 @@ baseline=${1:?usage: scripts/compare.sh BASELINE_BINARY [ROUNDS]}
 rounds=${2:-3}
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379 CONNSTATUS_REDIS_PREFIX=bench:2: RUST_LOG=warn
-export CONNSTATUS_MIGRATE_ON_START=false
+export CONNSTATUS_MIGRATE_ON_START=false CONNSTATUS_FOLLOW=false
 source scripts/services.sh
 floors=$(cs_release_build)
 pids=()
