@@ -126,46 +126,34 @@ impl Target {
     /// its own timeouts and no breaker.
     pub fn pool(&self, size: usize) -> Result<BatchPool, String> {
         let bad = |e: &dyn std::fmt::Display| format!("REDIS_URL: {e}");
-        let wait = Some(Duration::from_secs(10));
-        let create = Some(Duration::from_secs(5));
+        // The same sizes and timeouts for deadpool-redis's three pool types.
+        macro_rules! sized {
+            ($config:expr) => {
+                $config
+                    .builder()
+                    .map_err(|e| bad(&e))?
+                    .max_size(size)
+                    .wait_timeout(Some(Duration::from_secs(10)))
+                    .create_timeout(Some(Duration::from_secs(5)))
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| bad(&e))?
+            };
+        }
         Ok(match self.mode {
-            RedisMode::Standalone => BatchPool::Single(
-                deadpool_redis::Config::from_url(self.urls[0].as_str())
-                    .builder()
-                    .map_err(|e| bad(&e))?
-                    .max_size(size)
-                    .wait_timeout(wait)
-                    .create_timeout(create)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| bad(&e))?,
-            ),
-            RedisMode::Cluster => BatchPool::Cluster(
+            RedisMode::Standalone => BatchPool::Single(sized!(deadpool_redis::Config::from_url(
+                self.urls[0].as_str()
+            ))),
+            RedisMode::Cluster => BatchPool::Cluster(sized!(
                 deadpool_redis::cluster::Config::from_urls(self.urls.clone())
-                    .builder()
-                    .map_err(|e| bad(&e))?
-                    .max_size(size)
-                    .wait_timeout(wait)
-                    .create_timeout(create)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .map_err(|e| bad(&e))?,
-            ),
-            RedisMode::Sentinel => BatchPool::Sentinel(
-                deadpool_redis::sentinel::Config::from_urls(
+            )),
+            RedisMode::Sentinel => {
+                BatchPool::Sentinel(sized!(deadpool_redis::sentinel::Config::from_urls(
                     self.urls.clone(),
                     self.master.clone().unwrap_or_default(),
                     deadpool_redis::sentinel::SentinelServerType::Master,
-                )
-                .builder()
-                .map_err(|e| bad(&e))?
-                .max_size(size)
-                .wait_timeout(wait)
-                .create_timeout(create)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map_err(|e| bad(&e))?,
-            ),
+                )))
+            }
         })
     }
 }

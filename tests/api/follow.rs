@@ -939,8 +939,12 @@ async fn a_hundred_thousand_rows_in_one_transaction_are_applied_with_flat_memory
     let took = started.elapsed();
     let after = follower.peak_rss_kib();
     eprintln!("100 000 rows applied in {took:?}; peak RSS {before} KiB before, {after} KiB after");
+    // Seen: +36 MiB with one cache key per pair, +51 to +63 MiB since a
+    // pair has two copies (each chunk leases and fills twice the spots).
+    // A guard against growth, not a proof of flatness for larger
+    // transactions (docs/consistency.md#the-binary-log).
     assert!(
-        after < before + 48 * 1024,
+        after < before + 80 * 1024,
         "peak memory grew from {before} KiB to {after} KiB"
     );
 }

@@ -566,17 +566,7 @@ impl Drop for PrivateRedis {
 /// A `redis-server` on `port` that saves nothing by itself; with `dir`, an
 /// explicit `SAVE` writes its snapshot there and a start loads it.
 fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> std::process::Child {
-    let mut command = std::process::Command::new("redis-server");
-    command.args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]);
+    let mut command = redis_server(None, port);
     if let Some(dir) = dir {
         command
             .arg("--dir")
@@ -584,9 +574,21 @@ fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> std::process::Child 
             .args(["--dbfilename", "snapshot.rdb"]);
     }
     command
-        .stdout(std::process::Stdio::null())
         .spawn()
         .expect("redis-server is installed (scripts/services.sh installs it)")
+}
+
+/// A `redis-server` command on `port` of 127.0.0.1 that saves nothing by
+/// itself, with `config` (a file, which must come first); more arguments may
+/// follow.
+pub fn redis_server(config: Option<&std::path::Path>, port: u16) -> std::process::Command {
+    let mut command = std::process::Command::new("redis-server");
+    command.args(config);
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null());
+    command
 }
 
 /// A port nothing listens on right now.

@@ -1,12 +1,12 @@
 //! `CONNSTATUS_REDIS_MODE=sentinel`: the service finds the master through a
 //! real Redis Sentinel, and finds the new one after the old is SIGKILLed.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{free_port, spawn_app_with, unique};
+use crate::helpers::{free_port, redis_server, spawn_app_with, unique};
 
 /// A redis-server process of the test's own (a master, a replica or a
 /// sentinel), killed on drop.
@@ -16,21 +16,10 @@ struct Server {
 }
 
 impl Server {
-    fn spawn(args: &[String]) -> Self {
+    fn spawn(config: Option<&std::path::Path>, args: &[String]) -> Self {
         let port = free_port();
-        let child = Command::new("redis-server")
+        let child = redis_server(config, port)
             .args(args)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
             .spawn()
             .expect("redis-server is installed (scripts/services.sh installs it)");
         Self { port, child }
@@ -84,13 +73,16 @@ async fn master_port(sentinel: &Server) -> Option<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_a_sentinel_the_service_follows_the_master_across_a_failover() {
     // Arrange: a master, its replica, and a sentinel watching them.
-    let mut master = Server::spawn(&[]);
+    let mut master = Server::spawn(None, &[]);
     master.until_up().await;
-    let replica = Server::spawn(&[
-        "--replicaof".into(),
-        "127.0.0.1".into(),
-        master.port.to_string(),
-    ]);
+    let replica = Server::spawn(
+        None,
+        &[
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ],
+    );
     replica.until_up().await;
     let dir = std::env::temp_dir().join(unique("cs_sentinel_"));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -103,7 +95,7 @@ async fn through_a_sentinel_the_service_follows_the_master_across_a_failover() {
         ),
     )
     .expect("sentinel.conf");
-    let sentinel = Server::spawn(&[conf.display().to_string(), "--sentinel".into()]);
+    let sentinel = Server::spawn(Some(&conf), &["--sentinel".into()]);
     sentinel.until_up().await;
     let app = spawn_app_with(&[
         ("redis_mode", json!("sentinel")),
