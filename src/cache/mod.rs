@@ -123,14 +123,9 @@ impl Cache {
     /// thousands of spots, one script call per slot in a cluster): the
     /// request path's timeout is for one lookup, not for those.
     pub fn for_bulk(settings: &crate::config::Settings) -> Result<Self, String> {
-        let mut cache = settings.cache.clone();
-        cache.redis_timeout_ms = cache.redis_timeout_ms.max(BULK_TIMEOUT_MS);
-        let target = Target::new(
-            settings.redis_urls(),
-            &cache,
-            Duration::from_millis(cache.redis_timeout_ms),
-        );
-        Self::new(target.link()?, &cache)
+        let mut bulk = settings.clone();
+        bulk.cache.redis_timeout_ms = bulk.cache.redis_timeout_ms.max(BULK_TIMEOUT_MS);
+        Self::from_settings(&bulk)
     }
 
     /// Prepares a cache over `link`; nothing is connected until first use,
