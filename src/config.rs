@@ -224,6 +224,9 @@ pub struct CacheSettings {
     /// `CONNSTATUS_REDIS_BREAKER_MS`: after a Redis failure, how long the
     /// request path skips Redis before trying again.
     pub redis_breaker_ms: u64,
+    /// `CONNSTATUS_CACHE_L1_ENTRIES`: entries of the in-process near cache
+    /// (presences and relations; 0 = off). Standalone Redis only.
+    pub cache_l1_entries: u64,
 }
 
 fn default_env() -> String {
@@ -312,6 +315,11 @@ impl Settings {
             )),
             RedisMode::Sentinel if self.cache.redis_sentinel_master.is_none() => Err(ConfigError(
                 "CONNSTATUS_REDIS_SENTINEL_MASTER: required when CONNSTATUS_REDIS_MODE=sentinel".into(),
+            )),
+            // A tracked connection follows one server; in a cluster or behind
+            // sentinels the keys' server changes under it.
+            RedisMode::Cluster | RedisMode::Sentinel if self.cache.cache_l1_entries > 0 => Err(ConfigError(
+                "CONNSTATUS_CACHE_L1_ENTRIES: the near cache needs CONNSTATUS_REDIS_MODE=standalone".into(),
             )),
             _ => Ok(()),
         }
@@ -914,6 +922,17 @@ mod tests {
         assert_names(&message, "CONNSTATUS_REDIS_PREFIX");
         let message = error("test", &[("cache_relations_per_user", json!(0))]);
         assert_names(&message, "CONNSTATUS_CACHE_RELATIONS_PER_USER");
+        let message = error(
+            "test",
+            &[
+                ("redis_mode", json!("cluster")),
+                ("redis_url", json!("redis://127.0.0.1:7000")),
+                ("cache_l1_entries", json!(1000)),
+            ],
+        );
+        assert_names(&message, "CONNSTATUS_CACHE_L1_ENTRIES");
+        let near = load("test", &[("cache_l1_entries", json!(1000))]).expect("near cache");
+        assert_eq!(near.cache.cache_l1_entries, 1000);
     }
 
     #[test]

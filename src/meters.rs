@@ -100,6 +100,29 @@ pub fn cache_lookups(result: Lookup, n: u64) {
     LOOKUPS.with(|counters| counters[result as usize].increment(n));
 }
 
+thread_local! {
+    /// This thread's handles of `connstatus_cache_l1_lookups_total`
+    /// (`hit`, `miss`), counted per entry looked up in the near cache.
+    static NEAR_LOOKUPS: [metrics::Counter; 2] = ["hit", "miss"]
+        .map(|result| metrics::counter!("connstatus_cache_l1_lookups_total", "result" => result));
+}
+
+/// Counts a near-cache lookup of one entry.
+pub fn near_lookup(hit: bool) {
+    NEAR_LOOKUPS.with(|counters| counters[usize::from(!hit)].increment(1));
+}
+
+/// Counts keys the near cache dropped on Redis's invalidation.
+pub fn near_invalidations(n: u64) {
+    metrics::counter!("connstatus_cache_l1_invalidations_total").increment(n);
+}
+
+/// Counts times the near cache dropped everything (a tracked connection
+/// opened or lost, a flushed Redis database).
+pub fn near_flush() {
+    metrics::counter!("connstatus_cache_l1_flushes_total").increment(1);
+}
+
 /// Counts fills: `written` of `total` landed, the rest were refused.
 pub fn cache_fills(written: u64, total: u64) {
     metrics::counter!("connstatus_cache_fills_total", "result" => "written").increment(written);

@@ -12,6 +12,8 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{middleware, web, App, HttpServer};
 
 use crate::auth::{TokenCache, Verifier};
+use crate::cache::codec::Keys;
+use crate::cache::near::{Near, NearLink};
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::{Db, ReadDb};
@@ -159,8 +161,22 @@ fn worker_factory(
     let tuning = Tuning::default();
     let warm_redis = redis.pool(tuning.concurrency).map_err(anyhow::Error::msg)?;
     let token_cache_size = settings.jwt.jwt_cache_size;
+    // One near cache for the process (off unless sized); each worker reads
+    // into it through a tracked connection of its own.
+    let near = (cache_settings.cache_l1_entries > 0).then(|| {
+        Arc::new(Near::new(
+            usize::try_from(cache_settings.cache_l1_entries).unwrap_or(usize::MAX),
+            Keys::new(&cache_settings.redis_prefix),
+        ))
+    });
+    let near_url = settings.redis_urls().swap_remove(0);
     Ok(move || -> Result<Worker, String> {
-        let cache = Arc::new(Cache::new(redis.link()?, &cache_settings)?);
+        let mut cache = Cache::new(redis.link()?, &cache_settings)?;
+        if let Some(near) = &near {
+            let timeout = Duration::from_millis(cache_settings.redis_timeout_ms);
+            cache = cache.with_near(NearLink::new(near.clone(), &near_url, timeout)?);
+        }
+        let cache = Arc::new(cache);
         let hooks = Hooks::new(cache.clone(), db.clone());
         let warm_cache = Cache::new(redis.link()?, &cache_settings)?;
         Ok(Worker {

@@ -243,6 +243,21 @@ impl Keys {
         }
     }
 
+    /// The user and the kind (`u` or `r`) of a key under this prefix.
+    pub fn parse(&self, key: &[u8]) -> Option<(UserId, u8)> {
+        let rest = key
+            .strip_prefix(self.prefix.as_bytes())?
+            .strip_prefix(b"{")?;
+        let close = rest.iter().position(|&b| b == b'}')?;
+        let (digits, tail) = (&rest[..close], &rest[close + 1..]);
+        let [kind] = tail else { return None };
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let id = std::str::from_utf8(digits).ok()?.parse().ok()?;
+        Some((UserId::new(id)?, *kind))
+    }
+
     /// The glob that matches every key under the prefix.
     pub fn pattern(&self) -> String {
         format!("{}*", self.prefix)
@@ -367,5 +382,24 @@ mod tests {
             Slot::for_key(keys.user(a)),
             Slot::for_key(keys.relations(a))
         );
+    }
+
+    #[test]
+    fn key_names_parse_back_and_others_do_not() {
+        let keys = Keys::new("cs:2:");
+        let a = UserId::new(90).expect("id");
+        assert_eq!(keys.parse(keys.user(a).as_bytes()), Some((a, b'u')));
+        assert_eq!(keys.parse(keys.relations(a).as_bytes()), Some((a, b'r')));
+        for other in [
+            "cs:1:{90}u",
+            "cs:2:{90}",
+            "cs:2:{}u",
+            "cs:2:{0}u",
+            "cs:2:{9x}u",
+            "cs:2:{90}uu",
+            "cs:2:90u",
+        ] {
+            assert_eq!(keys.parse(other.as_bytes()), None, "{other}");
+        }
     }
 }

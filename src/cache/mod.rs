@@ -16,6 +16,7 @@
 pub mod codec;
 mod identity;
 pub mod link;
+pub mod near;
 mod read;
 mod write;
 
@@ -74,6 +75,9 @@ pub enum CacheError {
 pub struct Cache {
     keys: Keys,
     link: Link,
+    /// The near cache's tracked connection, when the near cache is on:
+    /// lookups then read through it (`near.rs`).
+    near: Option<near::NearLink>,
     upgrade_script: Script,
     lease_script: Script,
     take_script: Script,
@@ -138,6 +142,7 @@ impl Cache {
         Ok(Self {
             keys: Keys::new(&settings.redis_prefix),
             link,
+            near: None,
             upgrade_script: write::script(write::UPGRADE_SCRIPT),
             lease_script: write::script(write::LEASE_SCRIPT),
             take_script: write::script(write::TAKE_SCRIPT),
@@ -153,6 +158,15 @@ impl Cache {
             probing: AtomicBool::new(false),
             epoch: Instant::now(),
         })
+    }
+
+    /// This cache with the near cache in front of its lookups, read through
+    /// `link` (the request path's caches, when `CONNSTATUS_CACHE_L1_ENTRIES`
+    /// is set).
+    #[must_use]
+    pub fn with_near(mut self, link: near::NearLink) -> Self {
+        self.near = Some(link);
+        self
     }
 
     /// The key builder (for tools and tests that inspect the cache).

@@ -1,5 +1,6 @@
 //! Lookups: what the cache holds for a read, in one round trip each.
 
+use super::near::{NearLink, Tracked};
 use super::{codec, Cache, CacheError};
 use crate::domain::{Pair, Presence, Relation, UserId, Versioned};
 
@@ -40,6 +41,21 @@ fn decode_noting<T: codec::Code>(
     None
 }
 
+/// A value in our encoding (not a lease, not foreign): what the near cache
+/// may keep.
+fn plain<T: codec::Code>(raw: Option<&Option<Vec<u8>>>) -> Option<Versioned<T>> {
+    codec::decode(raw?.as_deref()?)
+}
+
+/// Never expected of Redis; a short answer must not shift entries onto the
+/// wrong ids.
+fn short_answer() -> CacheError {
+    CacheError::Redis(redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "Redis answered a different number of values",
+    )))
+}
+
 impl Cache {
     /// Reads the target user's entry and, when given, the viewer's copy of
     /// the pair's entry: one round trip (two requests at once in a cluster,
@@ -49,6 +65,9 @@ impl Cache {
         target: UserId,
         seen: Option<(Pair, UserId)>,
     ) -> Result<Cached, CacheError> {
+        if let Some(near) = &self.near {
+            return self.lookup_near(near, target, seen).await;
+        }
         let user_key = self.keys.user(target);
         let values: (Option<Vec<u8>>, Option<Vec<u8>>) = match seen {
             None => {
@@ -89,6 +108,96 @@ impl Cache {
         })
     }
 
+    /// [`Cache::lookup`] with the near cache: what it holds is the answer;
+    /// the rest is read through the tracked connection (one round trip) and
+    /// kept.
+    async fn lookup_near(
+        &self,
+        link: &NearLink,
+        target: UserId,
+        seen: Option<(Pair, UserId)>,
+    ) -> Result<Cached, CacheError> {
+        let near = link.near();
+        let seen = seen.map(|(pair, viewer)| {
+            let other = if pair.low() == viewer {
+                pair.high()
+            } else {
+                pair.low()
+            };
+            (viewer, other)
+        });
+        let user = near.user(target);
+        let pair = seen.and_then(|(viewer, other)| near.relation(viewer, other));
+        let user_read = user.is_none().then(|| near.open(Tracked::User(target)));
+        let pair_read = seen
+            .filter(|_| pair.is_none())
+            .map(|(viewer, other)| (viewer, other, near.open(Tracked::Relations(viewer))));
+        if user_read.is_none() && pair_read.is_none() {
+            return Ok(Cached {
+                user,
+                pair,
+                foreign: false,
+            });
+        }
+        let mut pipe = redis::pipe();
+        if user_read.is_some() {
+            pipe.cmd("GET").arg(self.keys.user(target));
+        }
+        if let Some((viewer, other, _)) = pair_read {
+            pipe.cmd("HGET")
+                .arg(self.keys.relations(viewer))
+                .arg(other.get());
+        }
+        let values: Vec<Option<Vec<u8>>> = self.through_near(link, &pipe).await?;
+        let mut values = values.iter();
+        let mut foreign = false;
+        let user = match user_read {
+            Some(generation) => {
+                let raw = values.next();
+                if let Some(value) = plain(raw) {
+                    near.keep_user(target, generation, value);
+                }
+                decode_noting(raw, &mut foreign)
+            }
+            None => user,
+        };
+        let pair = match pair_read {
+            Some((viewer, other, generation)) => {
+                let raw = values.next();
+                if let Some(value) = plain(raw) {
+                    near.keep_relations(viewer, generation, [(other, value)]);
+                }
+                decode_noting(raw, &mut foreign)
+            }
+            None => pair,
+        };
+        Ok(Cached {
+            user,
+            pair,
+            foreign,
+        })
+    }
+
+    /// Runs `pipe` on the near cache's tracked connection (so that Redis
+    /// tracks what it reads); a failure also drops the connection and
+    /// flushes the near cache.
+    async fn through_near<T: redis::FromRedisValue>(
+        &self,
+        link: &NearLink,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, CacheError> {
+        let result = self
+            .guarded(async {
+                let mut conn = link.connection().await?;
+                pipe.query_async(&mut conn).await
+            })
+            .await;
+        if result.is_err() {
+            link.failed();
+        }
+        result
+    }
+
     /// For a batch: the viewer's copy of its pair with each of `targets`
     /// (none of which may be the viewer): one `HMGET` of the viewer's hash,
     /// one key and one slot; and whether some field held a value that is
@@ -101,12 +210,40 @@ impl Cache {
         if targets.is_empty() {
             return Ok((Vec::new(), false));
         }
+        let Some(link) = &self.near else {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(self.keys.relations(viewer));
+            for target in targets {
+                cmd.arg(target.get());
+            }
+            return self.decode_all(cmd, targets.len()).await;
+        };
+        let near = link.near();
+        let mut found: Vec<_> = targets
+            .iter()
+            .map(|&target| near.relation(viewer, target))
+            .collect();
+        let missing: Vec<usize> = (0..targets.len()).filter(|&i| found[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok((found, false));
+        }
+        let generation = near.open(Tracked::Relations(viewer));
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(self.keys.relations(viewer));
-        for target in targets {
-            cmd.arg(target.get());
+        for &i in &missing {
+            cmd.arg(targets[i].get());
         }
-        self.decode_all(cmd, targets.len()).await
+        let values = self.values_near(link, cmd, missing.len()).await?;
+        let mut foreign = false;
+        let mut kept = Vec::with_capacity(missing.len());
+        for (&i, raw) in missing.iter().zip(&values) {
+            if let Some(value) = plain(Some(raw)) {
+                kept.push((targets[i], value));
+            }
+            found[i] = decode_noting(Some(raw), &mut foreign);
+        }
+        near.keep_relations(viewer, generation, kept);
+        Ok((found, foreign))
     }
 
     /// For a batch: the user entry of each of `targets`, in one `MGET` (split
@@ -119,13 +256,56 @@ impl Cache {
         if targets.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut cmd = redis::cmd("MGET");
         let mut key = String::with_capacity(64);
-        for &target in targets {
-            self.keys.write_user(target, &mut key);
+        let Some(link) = &self.near else {
+            let mut cmd = redis::cmd("MGET");
+            for &target in targets {
+                self.keys.write_user(target, &mut key);
+                cmd.arg(key.as_str());
+            }
+            return self.decode_all(cmd, targets.len()).await;
+        };
+        let near = link.near();
+        let mut found: Vec<_> = targets.iter().map(|&target| near.user(target)).collect();
+        let missing: Vec<(usize, u64)> = (0..targets.len())
+            .filter(|&i| found[i].is_none())
+            .map(|i| (i, near.open(Tracked::User(targets[i]))))
+            .collect();
+        if missing.is_empty() {
+            return Ok((found, false));
+        }
+        let mut cmd = redis::cmd("MGET");
+        for &(i, _) in &missing {
+            self.keys.write_user(targets[i], &mut key);
             cmd.arg(key.as_str());
         }
-        self.decode_all(cmd, targets.len()).await
+        let values = self.values_near(link, cmd, missing.len()).await?;
+        let mut foreign = false;
+        for (&(i, generation), raw) in missing.iter().zip(&values) {
+            if let Some(value) = plain(Some(raw)) {
+                near.keep_user(targets[i], generation, value);
+            }
+            found[i] = decode_noting(Some(raw), &mut foreign);
+        }
+        Ok((found, foreign))
+    }
+
+    /// Runs `cmd`, which answers `count` values, on the near cache's
+    /// tracked connection.
+    async fn values_near(
+        &self,
+        link: &NearLink,
+        cmd: redis::Cmd,
+        count: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let (values,): (Vec<Option<Vec<u8>>>,) = self.through_near(link, &pipe).await?;
+        if values.len() != count {
+            link.failed();
+            return Err(short_answer());
+        }
+        Ok(values)
     }
 
     /// Runs `cmd`, which answers `count` values, and decodes each (a
@@ -139,12 +319,7 @@ impl Cache {
             .guarded(cmd.query_async(&mut self.link.clone()))
             .await?;
         if values.len() != count {
-            // Never expected of Redis; a short answer must not shift
-            // entries onto the wrong ids.
-            return Err(CacheError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "Redis answered a different number of values",
-            ))));
+            return Err(short_answer());
         }
         let mut foreign = false;
         let decoded = values

@@ -114,6 +114,24 @@ impl Cache {
         script: &Script,
         items: &[Item],
     ) -> redis::RedisResult<Vec<i64>> {
+        let result = self.run_calls(link, script, items).await;
+        if let Some(near) = &self.near {
+            // Redis's invalidation is on its way, but this process's next
+            // read must not wait for it (read-your-writes on one instance):
+            // whether the write landed or failed half-way, forget its keys.
+            for item in items {
+                near.near().forget_named(item.key.as_bytes());
+            }
+        }
+        result
+    }
+
+    async fn run_calls(
+        &self,
+        link: &Link,
+        script: &Script,
+        items: &[Item],
+    ) -> redis::RedisResult<Vec<i64>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }

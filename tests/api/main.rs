@@ -15,6 +15,7 @@ mod faults;
 mod follow;
 mod helpers;
 mod mutations;
+mod near;
 mod never_wrong;
 mod operations;
 mod outbox;
