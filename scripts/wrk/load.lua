@@ -6,8 +6,10 @@
 --                            from WRK_TOKENS (one token per line, viewer i = line i),
 --                            targets from WRK_LO up; WRK_THREADS must be wrk's -t
 --                 batch    : POST {"users": [...]} of WRK_BATCH random ids in [WRK_LO, WRK_HI]
+--                 feed     : batch as a random viewer of WRK_TOKENS each request
 --   WRK_TOKEN     bearer token (fixed, spread and batch)
--- done() prints one machine-readable line: RESULT <req/s> <p50 µs> <p99 µs> <non-2xx> <errors>
+-- done() prints one machine-readable line:
+--   RESULT <req/s> <p50 µs> <p99 µs> <non-2xx> <errors> <p99.9 µs>
 local path = os.getenv("WRK_PATH") or "/"
 local mode = os.getenv("WRK_MODE") or "fixed"
 local lo = tonumber(os.getenv("WRK_LO") or "2")
@@ -26,7 +28,7 @@ end
 function init(args)
   thread_no = thread_no or 0
   math.randomseed(os.time() + thread_no * 7919)
-  if mode == "uncached" then
+  if mode == "uncached" or mode == "feed" then
     for line in io.lines(os.getenv("WRK_TOKENS")) do
       table.insert(tokens, line)
     end
@@ -54,10 +56,14 @@ function request()
     bearer = token
   end
   local headers = {}
-  if mode == "batch" then
+  if mode == "batch" or mode == "feed" then
     local ids = {}
     for i = 1, batch do ids[i] = tostring(math.random(lo, hi)) end
-    headers["Authorization"] = "Bearer " .. token
+    if mode == "feed" then
+      headers["Authorization"] = "Bearer " .. tokens[math.random(1, #tokens)]
+    else
+      headers["Authorization"] = "Bearer " .. token
+    end
     headers["Content-Type"] = "application/json"
     return wrk.format("POST", path, headers, '{"users":[' .. table.concat(ids, ",") .. ']}')
   end
@@ -68,7 +74,7 @@ end
 function done(summary, latency, requests)
   local seconds = summary.duration / 1e6
   local e = summary.errors
-  io.write(string.format("RESULT %.0f %d %d %d %d\n",
+  io.write(string.format("RESULT %.0f %d %d %d %d %d\n",
     summary.requests / seconds, latency:percentile(50), latency:percentile(99),
-    e.status, e.connect + e.read + e.write + e.timeout))
+    e.status, e.connect + e.read + e.write + e.timeout, latency:percentile(99.9)))
 end
