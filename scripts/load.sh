@@ -5,7 +5,7 @@
 #   floor-h      Floor H: one Redis GET per request (benches/floors.rs) of
 #                one key, the user entry of the target cached-one reads
 #   cached-one   connstatus GET, one cached pair
-#   floor-h-many Floor H reading the user entries of the targets
+#   floor-h-many Floor H reading the string keys of the targets
 #                cached-many reads, one random key per request: Redis's
 #                lookup of a random key
 #                among a million costs several times a hot key's
@@ -59,7 +59,7 @@ L1_ENTRIES=${LOAD_L1:-1000000}
 VIEWERS=256
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379
-export CONNSTATUS_REDIS_PREFIX=bench:2:
+export CONNSTATUS_REDIS_PREFIX=bench:3:
 export RUST_LOG=warn
 APP=127.0.0.1:18180 FLOOR_H=127.0.0.1:18181 FLOOR_M=127.0.0.1:18182 NEAR=127.0.0.1:18183
 
@@ -86,7 +86,18 @@ app_pid=$!
 CONNSTATUS_BIND=$NEAR CONNSTATUS_ADMIN_BIND=127.0.0.1:18188 CONNSTATUS_FOLLOW=false \
   CONNSTATUS_CACHE_L1_ENTRIES=$L1_ENTRIES "$bin" serve & pids+=($!)
 near_pid=$!
-FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}{{id}}u" "$floors" h "$FLOOR_H" & pids+=($!)
+# Floor H reads a string key per user (the service keeps a user's presence
+# in the user's hash, whose field read it pays for itself): one per user,
+# written after the memory above was measured.
+python3 -c '
+import sys
+prefix, users = sys.argv[1], int(sys.argv[2])
+out = sys.stdout
+for i in range(1, users + 1):
+    key = f"{prefix}floor:{i}"
+    out.write(f"*3\r\n$3\r\nSET\r\n${len(key)}\r\n{key}\r\n$3\r\n1:a\r\n")
+' "$CONNSTATUS_REDIS_PREFIX" "$USERS" | redis-cli -h 127.0.0.1 --pipe >/dev/null
+FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}floor:{id}" "$floors" h "$FLOOR_H" & pids+=($!)
 floor_h_pid=$!
 "$floors" m "$FLOOR_M" & pids+=($!)
 floor_m_pid=$!

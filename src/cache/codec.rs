@@ -154,32 +154,49 @@ pub fn decode<T: Code>(raw: &[u8]) -> Option<Versioned<T>> {
     })
 }
 
-/// Where one copy of an entry lives: a key, and a field of it (`None`: the
-/// key is a string holding the entry).
+/// The field of a user's hash that holds whether the user exists (the
+/// other fields are ids: digits).
+pub const PRESENCE_FIELD: &str = "u";
+
+/// Where one copy of an entry lives: a field of a user's hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Spot {
-    /// The key.
+    /// The user's hash.
     pub key: String,
-    /// The field, for a relation in a user's hash.
+    /// The other user, for a relation; `None` for the user's presence
+    /// ([`PRESENCE_FIELD`]).
     pub field: Option<UserId>,
 }
 
+impl Spot {
+    /// The field's name in Redis.
+    pub fn field_name(&self) -> String {
+        self.field.map_or_else(
+            || PRESENCE_FIELD.to_owned(),
+            |other| other.get().to_string(),
+        )
+    }
+}
+
 /// Builds keys under one prefix. The layout (`docs/operations.md#the-key-layout`):
+/// one hash per user, `<prefix>{<user>}r`, with
 ///
-/// - `<prefix>{<user>}u` — a string: whether the user exists;
-/// - `<prefix>{<user>}r` — a hash: the user's relations, one field per other
-///   user (`<other id>` → the pair's value). A pair has two copies, one in
-///   each user's hash, so that everything one viewer's request reads about
-///   its relations is one key, and one slot of a cluster.
+/// - field `u`: whether the user exists;
+/// - one field per other user (`<other id>` → the pair's value): the user's
+///   relations. A pair has two copies, one in each user's hash, so that
+///   everything one viewer's request reads about its relations is one key,
+///   and one slot of a cluster.
 ///
-/// The hash tag is the user id: a user's keys share a slot.
+/// One key per user (a key costs Redis ~140 bytes beyond its content: a
+/// separate presence key was a quarter of the cache's memory); the hash tag
+/// is the user id.
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,
 }
 
 impl Keys {
-    /// Keys under `prefix` (e.g. `cs:2:`; no braces, see the config).
+    /// Keys under `prefix` (e.g. `cs:3:`; no braces, see the config).
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
@@ -193,17 +210,13 @@ impl Keys {
         key
     }
 
-    /// `<prefix>{<id>}u`: whether the user exists.
-    pub fn user(&self, user: UserId) -> String {
-        let mut key = String::with_capacity(self.prefix.len() + 24);
-        self.write_user(user, &mut key);
-        key
-    }
-
-    /// [`Keys::user`] written into `key` (cleared first), so that a batch
-    /// builds all its keys in one buffer.
-    pub fn write_user(&self, user: UserId, key: &mut String) {
-        self.write(user, b'u', key);
+    /// Where whether the user exists is kept: the field
+    /// [`PRESENCE_FIELD`] of the user's own hash.
+    pub fn presence(&self, user: UserId) -> Spot {
+        Spot {
+            key: self.relations(user),
+            field: None,
+        }
     }
 
     fn write(&self, user: UserId, kind: u8, key: &mut String) {
@@ -232,10 +245,7 @@ impl Keys {
     /// Every copy of a subject's entry: a user's one, a pair's two.
     pub fn spots(&self, subject: Subject) -> Vec<Spot> {
         match subject {
-            Subject::User(user) => vec![Spot {
-                key: self.user(user),
-                field: None,
-            }],
+            Subject::User(user) => vec![self.presence(user)],
             Subject::Pair(pair) => vec![
                 self.seen_by(pair, pair.low()),
                 self.seen_by(pair, pair.high()),
@@ -358,15 +368,17 @@ mod tests {
 
     #[test]
     fn keys_carry_the_prefix_and_the_user_as_hash_tag() {
-        let keys = Keys::new("cs:2:");
+        let keys = Keys::new("cs:3:");
         let (a, b) = (UserId::new(90).expect("id"), UserId::new(7).expect("id"));
         let pair = Pair::new(a, b).expect("pair");
-        assert_eq!(keys.user(a), "cs:2:{90}u");
-        assert_eq!(keys.relations(a), "cs:2:{90}r");
+        assert_eq!(keys.relations(a), "cs:3:{90}r");
+        assert_eq!(keys.presence(a).key, "cs:3:{90}r");
+        assert_eq!(keys.presence(a).field_name(), "u");
+        assert_eq!(keys.seen_by(pair, a).field_name(), "7");
         assert_eq!(
             keys.seen_by(pair, a),
             Spot {
-                key: "cs:2:{90}r".into(),
+                key: "cs:3:{90}r".into(),
                 field: Some(b)
             }
         );
@@ -375,29 +387,22 @@ mod tests {
             vec![keys.seen_by(pair, b), keys.seen_by(pair, a)]
         );
         assert_eq!(keys.spots(Subject::User(b)).len(), 1);
-        assert_eq!(keys.pattern(), "cs:2:*");
-        // A user's keys share a cluster slot.
-        use redis::cluster_routing::Slot;
-        assert_eq!(
-            Slot::for_key(keys.user(a)),
-            Slot::for_key(keys.relations(a))
-        );
+        assert_eq!(keys.pattern(), "cs:3:*");
     }
 
     #[test]
     fn key_names_parse_back_and_others_do_not() {
-        let keys = Keys::new("cs:2:");
+        let keys = Keys::new("cs:3:");
         let a = UserId::new(90).expect("id");
-        assert_eq!(keys.parse(keys.user(a).as_bytes()), Some((a, b'u')));
         assert_eq!(keys.parse(keys.relations(a).as_bytes()), Some((a, b'r')));
         for other in [
-            "cs:1:{90}u",
-            "cs:2:{90}",
-            "cs:2:{}u",
-            "cs:2:{0}u",
-            "cs:2:{9x}u",
-            "cs:2:{90}uu",
-            "cs:2:90u",
+            "cs:2:{90}r",
+            "cs:3:{90}",
+            "cs:3:{}r",
+            "cs:3:{0}r",
+            "cs:3:{9x}r",
+            "cs:3:{90}rr",
+            "cs:3:90r",
         ] {
             assert_eq!(keys.parse(other.as_bytes()), None, "{other}");
         }

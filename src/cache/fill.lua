@@ -4,7 +4,7 @@
 -- may be older than the newest write can never land (memcache's leases);
 -- it may only become what readers answer while a later lease is out.
 -- Per spot i (after the common head), four arguments from ARGV[HEAD+4i-3]:
---   its field ('' for a string key); the lease taken there, "~<16 hex>";
+--   its field; the lease taken there, "~<16 hex>";
 --   the value, "<version>:<code>", empty to give the lease back (the entry
 --   it stood in front of, if any, is put back); the TTL in seconds.
 -- Returns, per spot, 1 when written, 0 when not.
@@ -32,12 +32,7 @@ for i = 1, #KEYS do
     -- counted as written: the lease's holder fills.
     local before = version_of(behind(held))
     if before == nil or before < version_of(value) then
-      local lease = string.sub(held, 1, 29) .. value
-      if field == '' then
-        redis.call('SET', KEYS[i], lease, 'KEEPTTL')
-      else
-        put(KEYS[i], field, lease, ttl, false)
-      end
+      put(KEYS[i], field, string.sub(held, 1, 29) .. value, ttl, false)
     end
   end
 end

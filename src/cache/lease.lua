@@ -4,8 +4,7 @@
 -- readers keep their answer while the refresh reads, and get it back if the
 -- refresh gives the lease up. Many spots per call: a chunk of the binlog
 -- follower's is one call (per slot, in a cluster).
--- Per spot i (after the common head): ARGV[HEAD+2i-1] its field ('' for a
--- string key), ARGV[HEAD+2i] the token "~<16 hex>".
+-- Per spot i (after the common head): ARGV[HEAD+2i-1] its field, ARGV[HEAD+2i] the token "~<16 hex>".
 -- Returns, per spot, 1.
 local taken = {}
 for i = 1, #KEYS do

@@ -51,12 +51,14 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// The name the tracked connections give themselves (`CLIENT LIST`).
 pub const CONNECTION_NAME: &str = "connstatus-l1";
 
-/// A Redis key this cache keeps values of.
+/// What this cache keeps values of: a user's presence, or the user's
+/// relations; both live in the user's hash `<prefix>{<id>}r`, whose
+/// invalidation drops both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tracked {
-    /// `<prefix>{<id>}u`: the user's presence.
+    /// The user's presence (field `u`).
     User(UserId),
-    /// `<prefix>{<id>}r`: the user's relations (a hash).
+    /// The user's relations (the other fields).
     Relations(UserId),
 }
 
@@ -256,19 +258,11 @@ impl Near {
     }
 
     /// Forgets what is kept of the Redis key named `name`, if it is one of
-    /// ours.
+    /// ours: a user's hash holds both the presence and the relations.
     pub fn forget_named(&self, name: &[u8]) {
-        if let Some(key) = self.tracked(name) {
-            self.forget(key);
-        }
-    }
-
-    fn tracked(&self, name: &[u8]) -> Option<Tracked> {
-        let (id, kind) = self.keys.parse(name)?;
-        match kind {
-            b'u' => Some(Tracked::User(id)),
-            b'r' => Some(Tracked::Relations(id)),
-            _ => None,
+        if let Some((id, b'r')) = self.keys.parse(name) {
+            self.forget(Tracked::User(id));
+            self.forget(Tracked::Relations(id));
         }
     }
 
@@ -511,7 +505,7 @@ mod tests {
 
         // An invalidation between the open and the reply: the reply is dropped.
         let generation = near.open(Tracked::User(id(2)));
-        near.forget_named(b"t:{2}u");
+        near.forget_named(b"t:{2}r");
         near.keep_user(id(2), generation, ACTIVE);
         assert_eq!(near.user(id(2)), None);
 
@@ -547,8 +541,8 @@ mod tests {
         near.on_push(&PushInfo {
             kind: PushKind::Invalidate,
             data: vec![Value::Array(vec![
-                Value::BulkString(b"t:{1}u".to_vec()),
-                Value::BulkString(b"other:{2}u".to_vec()),
+                Value::BulkString(b"t:{1}r".to_vec()),
+                Value::BulkString(b"other:{2}r".to_vec()),
             ])],
         });
         assert_eq!(near.user(id(1)), None);

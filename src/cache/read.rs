@@ -1,5 +1,6 @@
 //! Lookups: what the cache holds for a read, in one round trip each.
 
+use super::codec::Spot;
 use super::near::{NearLink, Tracked};
 use super::{codec, Cache, CacheError};
 use crate::domain::{Pair, Presence, Relation, UserId, Versioned};
@@ -68,36 +69,13 @@ impl Cache {
         if let Some(near) = &self.near {
             return self.lookup_near(near, target, seen).await;
         }
-        let user_key = self.keys.user(target);
-        let values: (Option<Vec<u8>>, Option<Vec<u8>>) = match seen {
-            None => {
-                let mut conn = self.link.clone();
-                let user = redis::cmd("GET").arg(&user_key).to_owned();
-                (self.guarded(user.query_async(&mut conn)).await?, None)
-            }
-            Some((pair, viewer)) => {
-                let spot = self.keys.seen_by(pair, viewer);
-                let field = spot.field.map_or(0, UserId::get);
-                if self.link.clustered() {
-                    let (mut a, mut b) = (self.link.clone(), self.link.clone());
-                    let user = redis::cmd("GET").arg(&user_key).to_owned();
-                    let relation = redis::cmd("HGET").arg(&spot.key).arg(field).to_owned();
-                    self.guarded(async {
-                        futures_util::try_join!(
-                            user.query_async(&mut a),
-                            relation.query_async(&mut b)
-                        )
-                    })
-                    .await?
-                } else {
-                    let mut pipe = redis::pipe();
-                    pipe.cmd("GET").arg(&user_key);
-                    pipe.cmd("HGET").arg(&spot.key).arg(field);
-                    self.guarded(pipe.query_async(&mut self.link.clone()))
-                        .await?
-                }
-            }
-        };
+        let mut spots = vec![self.keys.presence(target)];
+        spots.extend(seen.map(|(pair, viewer)| self.keys.seen_by(pair, viewer)));
+        let values = self.guarded(self.read_spots(&spots)).await?;
+        let values = (
+            values.first().cloned().flatten(),
+            values.get(1).cloned().flatten(),
+        );
         let mut foreign = false;
         let user = decode_noting(Some(&values.0), &mut foreign);
         let pair = decode_noting(Some(&values.1), &mut foreign);
@@ -106,6 +84,31 @@ impl Cache {
             pair,
             foreign,
         })
+    }
+
+    /// The values of `spots`, in order: one pipeline of `HGET`s, or in a
+    /// cluster (where a pipeline must stay in one slot) the `HGET`s at once.
+    async fn read_spots(&self, spots: &[Spot]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
+        let hget = |spot: &Spot| {
+            redis::cmd("HGET")
+                .arg(&spot.key)
+                .arg(spot.field_name())
+                .to_owned()
+        };
+        if self.link.clustered() {
+            futures_util::future::try_join_all(spots.iter().map(|spot| {
+                let mut link = self.link.clone();
+                let cmd = hget(spot);
+                async move { cmd.query_async::<Option<Vec<u8>>>(&mut link).await }
+            }))
+            .await
+        } else {
+            let mut pipe = redis::pipe();
+            for spot in spots {
+                pipe.add_command(hget(spot));
+            }
+            pipe.query_async(&mut self.link.clone()).await
+        }
     }
 
     /// [`Cache::lookup`] with the near cache: what it holds is the answer;
@@ -141,7 +144,8 @@ impl Cache {
         }
         let mut pipe = redis::pipe();
         if user_read.is_some() {
-            pipe.cmd("GET").arg(self.keys.user(target));
+            let spot = self.keys.presence(target);
+            pipe.cmd("HGET").arg(&spot.key).arg(spot.field_name());
         }
         if let Some((viewer, other, _)) = pair_read {
             pipe.cmd("HGET")
@@ -256,14 +260,10 @@ impl Cache {
         if targets.is_empty() {
             return Ok((Vec::new(), false));
         }
-        let mut key = String::with_capacity(64);
         let Some(link) = &self.near else {
-            let mut cmd = redis::cmd("MGET");
-            for &target in targets {
-                self.keys.write_user(target, &mut key);
-                cmd.arg(key.as_str());
-            }
-            return self.decode_all(cmd, targets.len()).await;
+            let spots: Vec<Spot> = targets.iter().map(|&t| self.keys.presence(t)).collect();
+            let values = self.guarded(self.read_spots(&spots)).await?;
+            return self.decode_values(&values, targets.len());
         };
         let near = link.near();
         let mut found: Vec<_> = targets.iter().map(|&target| near.user(target)).collect();
@@ -274,12 +274,16 @@ impl Cache {
         if missing.is_empty() {
             return Ok((found, false));
         }
-        let mut cmd = redis::cmd("MGET");
+        let mut pipe = redis::pipe();
         for &(i, _) in &missing {
-            self.keys.write_user(targets[i], &mut key);
-            cmd.arg(key.as_str());
+            let spot = self.keys.presence(targets[i]);
+            pipe.cmd("HGET").arg(&spot.key).arg(spot.field_name());
         }
-        let values = self.values_near(link, cmd, missing.len()).await?;
+        let values: Vec<Option<Vec<u8>>> = self.through_near(link, &pipe).await?;
+        if values.len() != missing.len() {
+            link.failed();
+            return Err(short_answer());
+        }
         let mut foreign = false;
         for (&(i, generation), raw) in missing.iter().zip(&values) {
             if let Some(value) = plain(Some(raw)) {
@@ -318,6 +322,16 @@ impl Cache {
         let values: Vec<Option<Vec<u8>>> = self
             .guarded(cmd.query_async(&mut self.link.clone()))
             .await?;
+        self.decode_values(&values, count)
+    }
+
+    /// Decodes `count` values read from Redis (a missing or malformed one is
+    /// `None`); and whether one was malformed.
+    fn decode_values<T: codec::Code>(
+        &self,
+        values: &[Option<Vec<u8>>],
+        count: usize,
+    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
         if values.len() != count {
             return Err(short_answer());
         }

@@ -1,9 +1,10 @@
 -- Shared by every script (prepended to each): reading and writing copies of
--- entries, "spots": a string key (field '') or a field of a user's relations
--- hash (see codec.rs for the layout, write.rs for the rules).
+-- entries, "spots": fields of a user's hash, 'u' for the user's presence,
+-- the other user's id for a relation (see codec.rs for the layout, write.rs
+-- for the rules).
 -- A lease is "~<16 hex token><12 hex deadline, Unix ms>", possibly followed
--- by the entry it stands in front of. A string key also expires with its
--- lease; a hash field cannot, so the deadline is compared here.
+-- by the entry it stands in front of. A hash field cannot expire, so the
+-- deadline is compared here.
 -- Every script's ARGV starts with: the lease's length in ms, the TTL in
 -- seconds a hash gets when a lease creates it, and the most fields a hash
 -- keeps.
@@ -41,10 +42,9 @@ local function version_of(value)
   return tonumber(string.match(value, '^(%d+):'))
 end
 
+local PRESENCE = 'u'
+
 local function get(key, field)
-  if field == '' then
-    return redis.call('GET', key)
-  end
   return redis.call('HGET', key, field)
 end
 
@@ -64,10 +64,6 @@ end
 -- hash first drops random fields (dropping a copy, even a lease, is always
 -- safe: it only makes a miss).
 local function put(key, field, value, ttl, new)
-  if field == '' then
-    redis.call('SET', key, value, 'EX', ttl)
-    return
-  end
   local created = false
   if new then
     if room(key) <= 0 then
@@ -85,21 +81,18 @@ local function put(key, field, value, ttl, new)
   if created and not aged[key] then
     redis.call('EXPIRE', key, ttl, 'NX')
     aged[key] = true
+  elseif field == PRESENCE and redis.call('HLEN', key) == 1 then
+    -- A hash that holds only a presence lives as long as that presence:
+    -- an id that never existed gets the short negative TTL, even when a
+    -- miss's lease created its hash with the long one.
+    redis.call('EXPIRE', key, ttl)
   end
 end
 
 local function put_lease(key, field, value, new)
-  if field == '' then
-    redis.call('SET', key, value, 'PX', LEASE_MS)
-  else
-    put(key, field, value, NEW_TTL, new)
-  end
+  put(key, field, value, NEW_TTL, new)
 end
 
 local function del(key, field)
-  if field == '' then
-    redis.call('DEL', key)
-  else
-    redis.call('HDEL', key, field)
-  end
+  redis.call('HDEL', key, field)
 end

@@ -1,8 +1,7 @@
 -- A reader's leases after a miss, before it reads MySQL: taken where the
 -- spot is empty, or holds a lease whose holder is past its deadline (in a
 -- full hash, random fields make room: what is read now is what is wanted).
--- Per spot i (after the common head): ARGV[HEAD+2i-1] its field ('' for a
--- string key), ARGV[HEAD+2i] the token "~<16 hex>".
+-- Per spot i (after the common head): ARGV[HEAD+2i-1] its field, ARGV[HEAD+2i] the token "~<16 hex>".
 -- Returns, per spot, 1 when taken, 0 when not.
 local taken = {}
 for i = 1, #KEYS do

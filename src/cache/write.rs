@@ -72,11 +72,6 @@ const SPOTS_PER_CALL: usize = 500;
 /// Script calls in flight at once in a cluster (one per slot).
 const CALLS_IN_FLIGHT: usize = 64;
 
-/// The field argument of a spot: its id, or empty for a string key.
-fn field_arg(spot: &Spot) -> String {
-    spot.field.map(|f| f.get().to_string()).unwrap_or_default()
-}
-
 /// One spot's part of a script call: its key and its arguments.
 struct Item {
     key: String,
@@ -241,7 +236,7 @@ impl Cache {
                 items.push(Item {
                     key: spot.key.clone(),
                     args: vec![
-                        field_arg(&spot).into_bytes(),
+                        spot.field_name().into_bytes(),
                         value.clone(),
                         ttl.clone().into_bytes(),
                         token.clone().into_bytes(),
@@ -300,7 +295,7 @@ impl Cache {
                 let token = token();
                 items.push(Item {
                     key: spot.key.clone(),
-                    args: vec![field_arg(&spot).into_bytes(), token.clone().into_bytes()],
+                    args: vec![spot.field_name().into_bytes(), token.clone().into_bytes()],
                 });
                 lease.spots.push((spot, token));
             }
@@ -358,7 +353,7 @@ impl Cache {
                 items.push(Item {
                     key: spot.key.clone(),
                     args: vec![
-                        field_arg(spot).into_bytes(),
+                        spot.field_name().into_bytes(),
                         token.clone().into_bytes(),
                         value.clone(),
                         ttl.to_string().into_bytes(),

@@ -388,36 +388,32 @@ pub fn cache_on(url: &str, prefix: &str) -> Cache {
 }
 
 /// Where the cache keeps the entry named `spec` under `prefix` (the layout
-/// of `docs/operations.md#the-key-layout`): `u:5` is user 5's string key;
-/// `p:1:2` is user 1's copy of the pair (1, 2): field `2` of user 1's
-/// relations hash (`p:2:1` is user 2's copy).
-pub fn spot(prefix: &str, spec: &str) -> (String, Option<String>) {
+/// of `docs/operations.md#the-key-layout`): `u:5` is user 5's presence,
+/// field `u` of user 5's hash; `p:1:2` is user 1's copy of the pair (1, 2):
+/// field `2` of user 1's hash (`p:2:1` is user 2's copy).
+pub fn spot(prefix: &str, spec: &str) -> (String, String) {
     let parts: Vec<&str> = spec.split(':').collect();
     match parts.as_slice() {
-        ["u", user] => (format!("{prefix}{{{user}}}u"), None),
-        ["p", viewer, other] => (format!("{prefix}{{{viewer}}}r"), Some((*other).to_owned())),
+        ["u", user] => (format!("{prefix}{{{user}}}r"), "u".to_owned()),
+        ["p", viewer, other] => (format!("{prefix}{{{viewer}}}r"), (*other).to_owned()),
         _ => panic!("not an entry: {spec}"),
     }
 }
 
 /// A command that reads the entry `spec`.
 pub fn read_cmd(prefix: &str, spec: &str) -> redis::Cmd {
-    match spot(prefix, spec) {
-        (key, None) => redis::cmd("GET").arg(key).to_owned(),
-        (key, Some(field)) => redis::cmd("HGET").arg(key).arg(field).to_owned(),
-    }
+    let (key, field) = spot(prefix, spec);
+    redis::cmd("HGET").arg(key).arg(field).to_owned()
 }
 
 /// A command that writes `value` into the entry `spec`.
 pub fn write_cmd(prefix: &str, spec: &str, value: &str) -> redis::Cmd {
-    match spot(prefix, spec) {
-        (key, None) => redis::cmd("SET").arg(key).arg(value).to_owned(),
-        (key, Some(field)) => redis::cmd("HSET").arg(key).arg(field).arg(value).to_owned(),
-    }
+    let (key, field) = spot(prefix, spec);
+    redis::cmd("HSET").arg(key).arg(field).arg(value).to_owned()
 }
 
-/// Commands that delete the entry `spec`: a user's key, or both copies of a
-/// pair.
+/// Commands that delete the entry `spec`: a user's presence, or both copies
+/// of a pair.
 pub fn delete_cmds(prefix: &str, spec: &str) -> Vec<redis::Cmd> {
     match spec.split(':').collect::<Vec<_>>().as_slice() {
         ["p", a, b] => [(a, b), (b, a)]
@@ -429,7 +425,10 @@ pub fn delete_cmds(prefix: &str, spec: &str) -> Vec<redis::Cmd> {
                     .to_owned()
             })
             .collect(),
-        _ => vec![redis::cmd("DEL").arg(spot(prefix, spec).0).to_owned()],
+        _ => {
+            let (key, field) = spot(prefix, spec);
+            vec![redis::cmd("HDEL").arg(key).arg(field).to_owned()]
+        }
     }
 }
 
