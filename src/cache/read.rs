@@ -42,6 +42,10 @@ fn decode_noting<T: codec::Code>(
     None
 }
 
+/// Values decoded in order (`None`: missing or not ours), and whether one
+/// was not ours.
+type Decoded<T> = (Vec<Option<Versioned<T>>>, bool);
+
 /// A value in our encoding (not a lease, not foreign): what the near cache
 /// may keep.
 fn plain<T: codec::Code>(raw: Option<&Option<Vec<u8>>>) -> Option<Versioned<T>> {
@@ -318,7 +322,7 @@ impl Cache {
         &self,
         cmd: redis::Cmd,
         count: usize,
-    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
+    ) -> Result<Decoded<T>, CacheError> {
         let values: Vec<Option<Vec<u8>>> = self
             .guarded(cmd.query_async(&mut self.link.clone()))
             .await?;
@@ -331,7 +335,7 @@ impl Cache {
         &self,
         values: &[Option<Vec<u8>>],
         count: usize,
-    ) -> Result<(Vec<Option<Versioned<T>>>, bool), CacheError> {
+    ) -> Result<Decoded<T>, CacheError> {
         if values.len() != count {
             return Err(short_answer());
         }
