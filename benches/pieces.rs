@@ -52,7 +52,7 @@ fn ids_and_keys(c: &mut Criterion) {
     c.bench_function("parse id (bad)", |b| {
         b.iter(|| UserId::parse(black_box("12a4")))
     });
-    let keys = Keys::new("cs:2:");
+    let keys = Keys::new("cs:3:");
     let pair = Pair::new(
         UserId::new(123_456).unwrap(),
         UserId::new(98_765_432).unwrap(),
@@ -62,7 +62,9 @@ fn ids_and_keys(c: &mut Criterion) {
         b.iter(|| keys.seen_by(black_box(pair), black_box(pair.low())))
     });
     let user = UserId::new(98_765_432).unwrap();
-    c.bench_function("user key", |b| b.iter(|| keys.user(black_box(user))));
+    c.bench_function("presence spot", |b| {
+        b.iter(|| keys.presence(black_box(user)))
+    });
 }
 
 fn value_codec(c: &mut Criterion) {
