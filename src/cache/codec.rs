@@ -1,33 +1,45 @@
 //! Cache keys and values: compact ASCII, decoded without allocating.
 //!
-//! A value is `<version>:<code>`. The version comes first so that the warm
-//! job's script (see `upgrade.lua`) can compare it without knowing the rest;
-//! the code is one byte:
+//! A value is one decimal number, `8 × version + code`, so that Redis keeps
+//! it as an integer in a small hash (two or three bytes instead of a
+//! string's five to eight: a cached relation is two such values). The
+//! scripts (`*.lua`) read the version as `floor(value / 8)`. The codes:
 //!
 //! | entry | code | meaning |
 //! |---|---|---|
-//! | pair | `n` | no relation |
-//! | pair | `c` | connected |
-//! | pair | `l` / `h` | pending, requested by the low / high user |
-//! | pair | `L` / `H` | the same, rejected by the recipient |
-//! | user | `a` | the user exists and is not deleted |
-//! | user | `g` | gone: no such user, or soft-deleted |
+//! | pair | 0 | no relation |
+//! | pair | 1 | connected |
+//! | pair | 2 / 3 | pending, requested by the low / high user |
+//! | pair | 4 / 5 | the same, rejected by the recipient |
+//! | user | 6 | the user exists and is not deleted |
+//! | user | 7 | gone: no such user, or soft-deleted |
 //!
-//! Version 0 stands for "no row in MySQL": any real row (version >= 1) is
-//! newer, so a cached "not found" or "no relation" gives way to the first
-//! write without special cases. A key or field may also hold a lease,
-//! `~<16 hex token><12 hex deadline>`, possibly followed by the entry it
-//! stands in front of (see `write.rs`).
+//! E.g. `57` is version 7, connected. Version 0 stands for "no row in MySQL":
+//! any real row (version >= 1) is newer, so a cached "not found" or "no
+//! relation" gives way to the first write without special cases. Versions
+//! stay below 2^50 (the scripts' numbers are doubles). A field may also
+//! hold a lease, `~<16 hex token><12 hex deadline>`, possibly followed by
+//! the entry it stands in front of (see `write.rs`).
+//!
+//! [`readable`] spells a value as `<version>:<letter>` (`7:c`), for people
+//! and tests: letters `n c l h L H a g` in the order of the codes.
 
 use crate::domain::{Pair, Presence, Relation, Side, Subject, UserId, Versioned};
 
-/// A value kind the cache stores, and its one-byte code.
+/// A value kind the cache stores, and its one-letter code (see
+/// [`LETTERS`] for the number stored).
 pub trait Code: Copy {
-    /// The one-byte code of this value.
+    /// The letter of this value.
     fn code(self) -> u8;
-    /// The value of a code, if it is one of ours.
+    /// The value of a letter, if it is one of ours.
     fn from_code(code: u8) -> Option<Self>;
 }
+
+/// The letters of the codes, in the order of their numbers (0..=7).
+pub const LETTERS: &[u8; 8] = b"nclhLHag";
+
+/// The largest version a value can carry.
+pub const MAX_VERSION: u64 = (1 << 50) - 1;
 
 impl Code for Relation {
     fn code(self) -> u8 {
@@ -95,15 +107,52 @@ impl Code for Presence {
     }
 }
 
-/// Encodes `<version>:<code>`.
+/// Encodes `8 × version + code`. A version beyond [`MAX_VERSION`] (a row
+/// changed 2^50 times) is written as that bound: every later write then
+/// compares equal, so the cache keeps what it has until the TTL, never an
+/// older state over a newer one.
 pub fn encode<T: Code>(entry: Versioned<T>) -> Vec<u8> {
+    let code = LETTERS
+        .iter()
+        .position(|&l| l == entry.value.code())
+        .unwrap_or(0) as u64;
     let mut buf = itoa::Buffer::new();
-    let digits = buf.format(entry.version).as_bytes();
-    let mut out = Vec::with_capacity(digits.len() + 2);
-    out.extend_from_slice(digits);
-    out.push(b':');
-    out.push(entry.value.code());
-    out
+    buf.format(entry.version.min(MAX_VERSION) * 8 + code)
+        .as_bytes()
+        .to_vec()
+}
+
+/// `raw` as `<version>:<letter>` (e.g. `7:c`), if it is a value of ours.
+pub fn readable(raw: &[u8]) -> Option<String> {
+    let (version, code) = split(raw)?;
+    Some(format!("{version}:{}", char::from(code)))
+}
+
+/// The inverse of [`readable`]: the stored form of `7:c`.
+pub fn from_readable(text: &str) -> Option<Vec<u8>> {
+    let (version, letter) = text.split_once(':')?;
+    let version: u64 = version.parse().ok().filter(|&v| v <= MAX_VERSION)?;
+    let [letter] = letter.as_bytes() else {
+        return None;
+    };
+    let code = LETTERS.iter().position(|l| l == letter)? as u64;
+    Some((version * 8 + code).to_string().into_bytes())
+}
+
+/// The version and the letter of a stored value.
+fn split(raw: &[u8]) -> Option<(u64, u8)> {
+    if raw.is_empty() || raw.len() > 20 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in raw {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    let version = n >> 3;
+    (version <= MAX_VERSION).then(|| (version, LETTERS[(n & 7) as usize]))
 }
 
 /// The length of a lease's token: `~` and 16 hex digits.
@@ -136,18 +185,7 @@ pub fn behind_lease(raw: &[u8]) -> Option<&[u8]> {
 /// Decodes a stored value; anything malformed is `None` and is treated as a
 /// miss, so a foreign or corrupted value can never become an answer.
 pub fn decode<T: Code>(raw: &[u8]) -> Option<Versioned<T>> {
-    let (&code, rest) = raw.split_last()?;
-    let (&colon, digits) = rest.split_last()?;
-    if colon != b':' || digits.is_empty() || digits.len() > 20 {
-        return None;
-    }
-    let mut version: u64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        version = version.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
-    }
+    let (version, code) = split(raw)?;
     Some(Versioned {
         version,
         value: T::from_code(code)?,
@@ -169,6 +207,18 @@ pub struct Spot {
 }
 
 impl Spot {
+    /// A command `cmd` on this spot: its key, then its field (no allocation
+    /// for the field: it is written as a number, or the presence's name).
+    pub fn command(&self, cmd: &str) -> redis::Cmd {
+        let mut command = redis::cmd(cmd);
+        command.arg(&self.key);
+        match self.field {
+            Some(other) => command.arg(other.get()),
+            None => command.arg(PRESENCE_FIELD),
+        };
+        command
+    }
+
     /// The field's name in Redis.
     pub fn field_name(&self) -> String {
         self.field.map_or_else(
@@ -302,7 +352,7 @@ mod tests {
     #[test]
     fn every_value_round_trips() {
         for value in RELATIONS {
-            for version in [0, 1, 42, u64::MAX] {
+            for version in [0, 1, 42, MAX_VERSION] {
                 let v = Versioned { version, value };
                 assert_eq!(decode::<Relation>(&encode(v)), Some(v));
             }
@@ -314,7 +364,7 @@ mod tests {
     }
 
     #[test]
-    fn encoding_is_compact_ascii_with_the_version_first() {
+    fn a_value_is_one_number_eight_times_the_version_plus_the_code() {
         let v = Versioned {
             version: 17,
             value: Relation::Pending {
@@ -322,7 +372,20 @@ mod tests {
                 rejected: true,
             },
         };
-        assert_eq!(encode(v), b"17:H");
+        assert_eq!(encode(v), b"141");
+        assert_eq!(readable(b"141").as_deref(), Some("17:H"));
+        assert_eq!(from_readable("17:H").as_deref(), Some(&b"141"[..]));
+        assert_eq!(from_readable("0:g").as_deref(), Some(&b"7"[..]));
+        assert_eq!(from_readable("1:x"), None);
+        // Beyond the bound the version saturates: never a wrap to an older one.
+        let huge = Versioned {
+            version: u64::MAX,
+            value: Presence::Active,
+        };
+        assert_eq!(
+            decode::<Presence>(&encode(huge)).map(|v| v.version),
+            Some(MAX_VERSION)
+        );
     }
 
     #[test]
@@ -330,15 +393,15 @@ mod tests {
         for raw in [
             &b""[..],
             b"c",
-            b":c",
-            b"1c",
-            b"1:x",
-            b"a:c",
-            b"-1:c",
-            b"1:cc",
-            b"99999999999999999999:c",
+            b"1:c",
+            b"-9",
+            b" 9",
+            b"9 ",
+            b"1.5",
+            b"99999999999999999999",
+            b"9007199254740993",
             b"{\"s\":1}",
-            b"1:a",
+            b"14",
         ] {
             assert_eq!(
                 decode::<Relation>(raw),
@@ -347,12 +410,14 @@ mod tests {
                 String::from_utf8_lossy(raw)
             );
         }
-        assert_eq!(decode::<Presence>(b"3:n"), None);
+        // A relation's code is not a presence, nor the other way round.
+        assert_eq!(decode::<Presence>(b"24"), None);
+        assert_eq!(decode::<Relation>(b"30"), None);
     }
 
     proptest::proptest! {
         #[test]
-        fn any_version_and_value_round_trips(version in proptest::num::u64::ANY, code in 0usize..6) {
+        fn any_version_and_value_round_trips(version in 0..=MAX_VERSION, code in 0usize..6) {
             let v = Versioned { version, value: RELATIONS[code] };
             proptest::prop_assert_eq!(decode::<Relation>(&encode(v)), Some(v));
         }

@@ -5,7 +5,7 @@
 -- it may only become what readers answer while a later lease is out.
 -- Per spot i (after the common head), four arguments from ARGV[HEAD+4i-3]:
 --   its field; the lease taken there, "~<16 hex>";
---   the value, "<version>:<code>", empty to give the lease back (the entry
+--   the value, a number, 8 * version + code, empty to give the lease back (the entry
 --   it stood in front of, if any, is put back); the TTL in seconds.
 -- Returns, per spot, 1 when written, 0 when not.
 local written = {}

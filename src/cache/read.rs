@@ -75,11 +75,8 @@ impl Cache {
         }
         let mut spots = vec![self.keys.presence(target)];
         spots.extend(seen.map(|(pair, viewer)| self.keys.seen_by(pair, viewer)));
-        let values = self.guarded(self.read_spots(&spots)).await?;
-        let values = (
-            values.first().cloned().flatten(),
-            values.get(1).cloned().flatten(),
-        );
+        let mut values = self.guarded(self.read_spots(&spots)).await?.into_iter();
+        let values = (values.next().flatten(), values.next().flatten());
         let mut foreign = false;
         let user = decode_noting(Some(&values.0), &mut foreign);
         let pair = decode_noting(Some(&values.1), &mut foreign);
@@ -93,12 +90,7 @@ impl Cache {
     /// The values of `spots`, in order: one pipeline of `HGET`s, or in a
     /// cluster (where a pipeline must stay in one slot) the `HGET`s at once.
     async fn read_spots(&self, spots: &[Spot]) -> redis::RedisResult<Vec<Option<Vec<u8>>>> {
-        let hget = |spot: &Spot| {
-            redis::cmd("HGET")
-                .arg(&spot.key)
-                .arg(spot.field_name())
-                .to_owned()
-        };
+        let hget = |spot: &Spot| spot.command("HGET");
         if self.link.clustered() {
             futures_util::future::try_join_all(spots.iter().map(|spot| {
                 let mut link = self.link.clone();
@@ -149,7 +141,7 @@ impl Cache {
         let mut pipe = redis::pipe();
         if user_read.is_some() {
             let spot = self.keys.presence(target);
-            pipe.cmd("HGET").arg(&spot.key).arg(spot.field_name());
+            pipe.add_command(spot.command("HGET"));
         }
         if let Some((viewer, other, _)) = pair_read {
             pipe.cmd("HGET")
@@ -281,7 +273,7 @@ impl Cache {
         let mut pipe = redis::pipe();
         for &(i, _) in &missing {
             let spot = self.keys.presence(targets[i]);
-            pipe.cmd("HGET").arg(&spot.key).arg(spot.field_name());
+            pipe.add_command(spot.command("HGET"));
         }
         let values: Vec<Option<Vec<u8>>> = self.through_near(link, &pipe).await?;
         if values.len() != missing.len() {

@@ -34,12 +34,17 @@ local function behind(lease)
   return string.sub(lease, 30)
 end
 
+-- An entry is one number, 8 * version + code (codec.rs).
 local function is_entry(value)
-  return string.match(value, '^%d+:[nclhLHag]$') ~= nil
+  return string.match(value, '^%d+$') ~= nil
 end
 
 local function version_of(value)
-  return tonumber(string.match(value, '^(%d+):'))
+  local n = tonumber(string.match(value, '^(%d+)$'))
+  if n == nil then
+    return nil
+  end
+  return math.floor(n / 8)
 end
 
 local PRESENCE = 'u'

@@ -9,7 +9,7 @@
 --   a lease is out, the same or a newer version is there, or the user's
 --     hash is full: left alone (returns 0).
 -- Per spot i (after the common head), four arguments from ARGV[HEAD+4i-3]:
---   its field; its value, "<version>:<code>" (see
+--   its field; its value, a number, 8 * version + code (see
 --   codec.rs); its TTL in seconds; the lease to take if it is empty.
 local outcome = {}
 for i = 1, #KEYS do

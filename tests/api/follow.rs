@@ -927,7 +927,8 @@ async fn a_hundred_thousand_rows_in_one_transaction_are_applied_with_flat_memory
             }
             let values: Vec<Option<String>> = pipe.query_async(&mut redis).await.expect("HGET");
             let stale = chunk.iter().zip(&values).any(|((pair, _), value)| {
-                value.as_deref() != Some(&format!("{}:c", rows[pair].3)[..])
+                value.clone().map(crate::helpers::readable).as_deref()
+                    != Some(&format!("{}:c", rows[pair].3)[..])
             });
             if stale {
                 tokio::time::sleep(Duration::from_millis(100)).await;

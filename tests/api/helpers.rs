@@ -356,14 +356,16 @@ impl Isolated {
 
     /// The raw cache value of the entry `spec` (see [`spot`]).
     pub async fn cached(&self, spec: &str) -> Option<String> {
-        read_cmd(&self.prefix, spec)
+        let raw: Option<String> = read_cmd(&self.prefix, spec)
             .query_async(&mut self.redis().await)
             .await
-            .expect("GET")
+            .expect("GET");
+        raw.map(readable)
     }
 
-    /// Writes a raw value into the entry `spec` (see [`spot`]), behind the
-    /// service's back.
+    /// Writes a value into the entry `spec` (see [`spot`]), behind the
+    /// service's back: `7:c` is written as the cache encodes it, anything
+    /// else (a lease, a foreign value) as it is.
     pub async fn plant(&self, spec: &str, value: &str) {
         let _: () = write_cmd(&self.prefix, spec, value)
             .query_async(&mut self.redis().await)
@@ -406,10 +408,18 @@ pub fn read_cmd(prefix: &str, spec: &str) -> redis::Cmd {
     redis::cmd("HGET").arg(key).arg(field).to_owned()
 }
 
-/// A command that writes `value` into the entry `spec`.
+/// A command that writes `value` into the entry `spec`: `7:c` as the cache
+/// encodes it, anything else as it is.
 pub fn write_cmd(prefix: &str, spec: &str, value: &str) -> redis::Cmd {
     let (key, field) = spot(prefix, spec);
-    redis::cmd("HSET").arg(key).arg(field).arg(value).to_owned()
+    let raw = connstatus::cache::codec::from_readable(value).unwrap_or_else(|| value.into());
+    redis::cmd("HSET").arg(key).arg(field).arg(raw).to_owned()
+}
+
+/// A stored value as `<version>:<letter>` (`7:c`) when it is an entry of
+/// the cache's; a lease or a foreign value as it is.
+pub fn readable(raw: String) -> String {
+    connstatus::cache::codec::readable(raw.as_bytes()).unwrap_or(raw)
 }
 
 /// Commands that delete the entry `spec`: a user's presence, or both copies
@@ -535,10 +545,12 @@ impl PrivateRedis {
     pub async fn entry(&self, prefix: &str, spec: &str) -> Option<String> {
         let client = redis::Client::open(self.url()).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        read_cmd(prefix, spec).query_async(&mut conn).await.ok()?
+        let raw: Option<String> = read_cmd(prefix, spec).query_async(&mut conn).await.ok()?;
+        raw.map(readable)
     }
 
-    /// Writes a raw value into the entry `spec` under `prefix`.
+    /// Writes a value into the entry `spec` under `prefix` (as
+    /// [`write_cmd`]).
     pub async fn plant(&self, prefix: &str, spec: &str, value: &str) {
         let client = redis::Client::open(self.url()).expect("url");
         let mut conn = client

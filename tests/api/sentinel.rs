@@ -116,7 +116,7 @@ async fn through_a_sentinel_the_service_follows_the_master_across_a_failover() {
         .expect("HGET");
     assert_eq!(
         cached,
-        redis::Value::BulkString(b"0:n".to_vec()),
+        redis::Value::BulkString(connstatus::cache::codec::from_readable("0:n").expect("value")),
         "cached on the master"
     );
 
@@ -139,7 +139,11 @@ async fn through_a_sentinel_the_service_follows_the_master_across_a_failover() {
     let started = Instant::now();
     loop {
         let value = replica.command(&["HGET", &key, "1"]).await.expect("HGET");
-        if value == redis::Value::BulkString(b"1:l".to_vec()) {
+        if value
+            == redis::Value::BulkString(
+                connstatus::cache::codec::from_readable("1:l").expect("value"),
+            )
+        {
             break;
         }
         assert!(
