@@ -224,8 +224,8 @@ pub struct CacheSettings {
     /// `CONNSTATUS_REDIS_BREAKER_MS`: after a Redis failure, how long the
     /// request path skips Redis before trying again.
     pub redis_breaker_ms: u64,
-    /// `CONNSTATUS_CACHE_L1_ENTRIES`: entries of the in-process near cache
-    /// (presences and relations; 0 = off). Standalone Redis only.
+    /// `CONNSTATUS_CACHE_L1_ENTRIES`: entries of the in-process near cache,
+    /// per worker (presences and relations; 0 = off). Standalone Redis only.
     pub cache_l1_entries: u64,
 }
 

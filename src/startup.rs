@@ -13,7 +13,7 @@ use actix_web::{middleware, web, App, HttpServer};
 
 use crate::auth::{TokenCache, Verifier};
 use crate::cache::codec::Keys;
-use crate::cache::near::{Near, NearLink};
+use crate::cache::near::{Near, NearLink, Nears};
 use crate::cache::Cache;
 use crate::config::Settings;
 use crate::db::{Db, ReadDb};
@@ -161,20 +161,19 @@ fn worker_factory(
     let tuning = Tuning::default();
     let warm_redis = redis.pool(tuning.concurrency).map_err(anyhow::Error::msg)?;
     let token_cache_size = settings.jwt.jwt_cache_size;
-    // One near cache for the process (off unless sized); each worker reads
-    // into it through a tracked connection of its own.
-    let near = (cache_settings.cache_l1_entries > 0).then(|| {
-        Arc::new(Near::new(
-            usize::try_from(cache_settings.cache_l1_entries).unwrap_or(usize::MAX),
-            Keys::new(&cache_settings.redis_prefix),
-        ))
-    });
+    // A near cache per worker (off unless sized), each read into through a
+    // tracked connection of its own; writes forget their keys in all.
+    let nears = (cache_settings.cache_l1_entries > 0).then(Nears::default);
     let near_url = settings.redis_urls().swap_remove(0);
     Ok(move || -> Result<Worker, String> {
         let mut cache = Cache::new(redis.link()?, &cache_settings)?;
-        if let Some(near) = &near {
+        if let Some(all) = &nears {
+            let near = Arc::new(Near::new(
+                usize::try_from(cache_settings.cache_l1_entries).unwrap_or(usize::MAX),
+                Keys::new(&cache_settings.redis_prefix),
+            ));
             let timeout = Duration::from_millis(cache_settings.redis_timeout_ms);
-            cache = cache.with_near(NearLink::new(near.clone(), &near_url, timeout)?);
+            cache = cache.with_near(NearLink::new(near, all.clone(), &near_url, timeout)?);
         }
         let cache = Arc::new(cache);
         let hooks = Hooks::new(cache.clone(), db.clone());

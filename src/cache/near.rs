@@ -321,10 +321,17 @@ impl Near {
 /// disconnect notice clears only the connection it came from).
 type Slot = Arc<Mutex<Option<(u64, MultiplexedConnection)>>>;
 
-/// One worker's tracked connection to Redis, over which every read that
-/// fills the near cache is made.
+/// Every worker's near cache of one process: a write forgets its keys in
+/// all of them.
+pub type Nears = Arc<std::sync::RwLock<Vec<Arc<Near>>>>;
+
+/// One worker's near cache and tracked connection to Redis, over which
+/// every read that fills it is made. Each worker has its own (no lock or
+/// cache line shared between workers on a hit; an invalidation reaches the
+/// connection that read the key, so each worker's stays right on its own).
 pub struct NearLink {
     near: Arc<Near>,
+    all: Nears,
     client: Client,
     timeout: Duration,
     slot: Slot,
@@ -340,8 +347,8 @@ impl std::fmt::Debug for NearLink {
 
 impl NearLink {
     /// A link to the Redis of `url` (connected on first use), filling
-    /// `near`; every call bounded by `timeout`.
-    pub fn new(near: Arc<Near>, url: &str, timeout: Duration) -> Result<Self, String> {
+    /// `near`, which joins `all`; every call bounded by `timeout`.
+    pub fn new(near: Arc<Near>, all: Nears, url: &str, timeout: Duration) -> Result<Self, String> {
         use redis::IntoConnectionInfo;
         let bad = |e: redis::RedisError| format!("REDIS_URL: {e}");
         let info = url.into_connection_info().map_err(bad)?;
@@ -352,8 +359,12 @@ impl NearLink {
             .clone()
             .set_protocol(redis::ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(settings)).map_err(bad)?;
+        all.write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(near.clone());
         Ok(Self {
             near,
+            all,
             client,
             timeout,
             slot: Arc::default(),
@@ -365,6 +376,19 @@ impl NearLink {
     /// The near cache this link fills.
     pub fn near(&self) -> &Near {
         &self.near
+    }
+
+    /// Forgets the Redis key named `name` in every worker's near cache
+    /// (this process wrote it).
+    pub fn forget_everywhere(&self, name: &[u8]) {
+        for near in self
+            .all
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+        {
+            near.forget_named(name);
+        }
     }
 
     fn current(&self) -> Option<MultiplexedConnection> {

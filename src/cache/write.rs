@@ -115,7 +115,7 @@ impl Cache {
             // read must not wait for it (read-your-writes on one instance):
             // whether the write landed or failed half-way, forget its keys.
             for item in items {
-                near.near().forget_named(item.key.as_bytes());
+                near.forget_everywhere(item.key.as_bytes());
             }
         }
         result
