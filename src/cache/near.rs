@@ -456,9 +456,10 @@ impl NearLink {
     /// everything kept is forgotten (invalidations may have been lost).
     pub fn failed(&self) {
         self.near.flush();
-        if let Some(serial) = lock(&self.slot).as_ref().map(|(s, _)| *s) {
-            clear(&self.slot, serial);
-        }
+        // The lock is let go before the connection is (its driver may hand
+        // a disconnect notice to the push sender, which takes this lock).
+        let dropped = lock(&self.slot).take();
+        drop(dropped);
     }
 }
 

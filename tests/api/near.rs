@@ -167,3 +167,51 @@ async fn a_lost_tracked_connection_forgets_everything_it_kept() {
         "still the kept value 3 s after the connection was lost"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_through_the_tracked_connection_that_times_out_leaves_every_worker_answering() {
+    // Arrange: the near cache over a Redis of the test's own, entries kept
+    // in both workers.
+    let redis = PrivateRedis::start().await;
+    let app = spawn_app_with(&[
+        (NEAR.0, json!(NEAR.1)),
+        ("redis_url", json!(redis.url())),
+        ("workers", json!(2)),
+    ])
+    .await;
+    app.users(&[1, 2, 3]).await;
+    for _ in 0..4 {
+        assert_eq!(app.status(2, 1).await, None);
+    }
+
+    // Act: Redis stops answering; reads that miss the near cache go to it
+    // and time out (the connection is dropped, the near cache flushed).
+    redis.pause();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let ask = |viewer: u64, other: u64| {
+        client
+            .get(format!(
+                "{}/api/v2/user/{other}/connection_status/",
+                app.address
+            ))
+            .bearer_auth(app.token(viewer))
+            .send()
+    };
+
+    // Assert: every request is answered (from MySQL), on whichever worker;
+    // and again once Redis is back.
+    for round in 0..10 {
+        let response = ask(3, 1 + round % 2)
+            .await
+            .expect("answered while Redis is paused");
+        assert_eq!(response.status(), 200, "round {round}");
+    }
+    redis.resume();
+    for round in 0..10 {
+        let response = ask(2, 1).await.expect("answered after Redis is back");
+        assert_eq!(response.status(), 200, "round {round}");
+    }
+}
