@@ -281,14 +281,9 @@ impl Keys {
 
     /// The copy of `pair`'s entry that `viewer` (one of the two) reads.
     pub fn seen_by(&self, pair: Pair, viewer: UserId) -> Spot {
-        let other = if pair.low() == viewer {
-            pair.high()
-        } else {
-            pair.low()
-        };
         Spot {
             key: self.relations(viewer),
-            field: Some(other),
+            field: Some(pair.other(viewer)),
         }
     }
 

@@ -40,9 +40,6 @@ use redis::{AsyncConnectionConfig, Client, PushInfo, PushKind, Value};
 use super::codec::Keys;
 use crate::domain::{Presence, Relation, UserId, Versioned};
 
-/// Shards of the map: the workers look up concurrently.
-const SHARDS: usize = 32;
-
 /// How often a tracked connection is checked: a connection that died
 /// without a word (a partition, no RST) must not leave entries in place
 /// for longer than about this plus the timeout.
@@ -62,14 +59,6 @@ pub enum Tracked {
     Relations(UserId),
 }
 
-impl Tracked {
-    fn user(self) -> UserId {
-        match self {
-            Tracked::User(id) | Tracked::Relations(id) => id,
-        }
-    }
-}
-
 /// What is kept of one Redis key.
 struct Record {
     generation: u64,
@@ -83,13 +72,13 @@ impl Record {
     }
 }
 
-struct Shard {
+struct Map {
     records: LruCache<Tracked, Record>,
     /// Entries held: one per record plus one per relation kept.
     weight: usize,
 }
 
-impl Shard {
+impl Map {
     fn remove(&mut self, key: &Tracked) {
         if let Some(record) = self.records.pop(key) {
             self.weight -= record.weight();
@@ -97,10 +86,12 @@ impl Shard {
     }
 }
 
-/// The process's near cache, shared by the workers.
+/// One worker's near cache. One map behind one lock: only its worker
+/// looks it up (its tracked connection's driver and pinger run on the same
+/// thread); other workers take the lock only to forget what they wrote.
 pub struct Near {
-    shards: Box<[Mutex<Shard>]>,
-    per_shard: usize,
+    map: Mutex<Map>,
+    bound: usize,
     generation: AtomicU64,
     keys: Keys,
 }
@@ -108,7 +99,7 @@ pub struct Near {
 impl std::fmt::Debug for Near {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Near")
-            .field("per_shard", &self.per_shard)
+            .field("bound", &self.bound)
             .finish_non_exhaustive()
     }
 }
@@ -117,44 +108,31 @@ impl Near {
     /// A near cache of at most about `entries` entries (presences and
     /// relations), for the keys under `keys`.
     pub fn new(entries: usize, keys: Keys) -> Self {
-        let per_shard = entries.div_ceil(SHARDS).max(1);
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    records: LruCache::unbounded(),
-                    weight: 0,
-                })
-            })
-            .collect();
         Self {
-            shards,
-            per_shard,
+            map: Mutex::new(Map {
+                records: LruCache::unbounded(),
+                weight: 0,
+            }),
+            bound: entries.max(1),
             generation: AtomicU64::new(1),
             keys,
         }
     }
 
-    fn shard(&self, key: Tracked) -> MutexGuard<'_, Shard> {
-        // Ids are spread well enough by a multiplicative hash; the kind
-        // sends a user's two keys to neighbouring shards.
-        let kind = u64::from(matches!(key, Tracked::Relations(_)));
-        let h = (key.user().get() * 2 + kind).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58;
-        let shard = &self.shards[usize::try_from(h).unwrap_or(0) % SHARDS];
+    fn map(&self) -> MutexGuard<'_, Map> {
         // A panic while holding the lock left a consistent map (no user
         // code runs under it): go on with it.
-        shard
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.map)
     }
 
     /// The user's presence, if kept.
     pub fn user(&self, id: UserId) -> Option<Versioned<Presence>> {
         let found = self
-            .shard(Tracked::User(id))
+            .map()
             .records
             .get(&Tracked::User(id))
             .and_then(|r| r.user);
-        self.count(found.is_some());
+        crate::meters::near_lookup(found.is_some());
         found
     }
 
@@ -162,27 +140,23 @@ impl Near {
     pub fn relation(&self, owner: UserId, other: UserId) -> Option<Versioned<Relation>> {
         let key = Tracked::Relations(owner);
         let found = self
-            .shard(key)
+            .map()
             .records
             .get(&key)
             .and_then(|r| r.relations.get(&other).copied());
-        self.count(found.is_some());
+        crate::meters::near_lookup(found.is_some());
         found
-    }
-
-    fn count(&self, hit: bool) {
-        crate::meters::near_lookup(hit);
     }
 
     /// Opens `key`'s record before a read of it is sent, and returns the
     /// generation the read's values must be kept under.
     pub fn open(&self, key: Tracked) -> u64 {
-        let mut shard = self.shard(key);
-        if let Some(record) = shard.records.get(&key) {
+        let mut map = self.map();
+        if let Some(record) = map.records.get(&key) {
             return record.generation;
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        shard.records.put(
+        map.records.put(
             key,
             Record {
                 generation,
@@ -190,8 +164,8 @@ impl Near {
                 relations: HashMap::new(),
             },
         );
-        shard.weight += 1;
-        self.trim(&mut shard, key);
+        map.weight += 1;
+        self.trim(&mut map, key);
         generation
     }
 
@@ -199,8 +173,8 @@ impl Near {
     /// still the one the read opened.
     pub fn keep_user(&self, id: UserId, generation: u64, value: Versioned<Presence>) {
         let key = Tracked::User(id);
-        let mut shard = self.shard(key);
-        if let Some(record) = shard.records.peek_mut(&key) {
+        let mut map = self.map();
+        if let Some(record) = map.records.peek_mut(&key) {
             if record.generation == generation {
                 record.user = Some(value);
             }
@@ -216,16 +190,16 @@ impl Near {
         values: impl IntoIterator<Item = (UserId, Versioned<Relation>)>,
     ) {
         let key = Tracked::Relations(owner);
-        let mut shard = self.shard(key);
-        let Some(record) = shard.records.peek_mut(&key) else {
+        let mut map = self.map();
+        let Some(record) = map.records.peek_mut(&key) else {
             return;
         };
         if record.generation != generation {
             return;
         }
-        // One heavy viewer must not take a whole shard (it would push out
-        // everything else, then itself): a record keeps at most half of one.
-        let room = self.per_shard / 2;
+        // One heavy viewer must not take the whole map (it would push out
+        // everything else, then itself): a record keeps at most half of it.
+        let room = self.bound / 2;
         let before = record.relations.len();
         for (other, value) in values {
             if record.relations.len() < room || record.relations.contains_key(&other) {
@@ -233,48 +207,41 @@ impl Near {
             }
         }
         let added = record.relations.len() - before;
-        shard.weight += added;
-        self.trim(&mut shard, key);
+        map.weight += added;
+        self.trim(&mut map, key);
     }
 
-    /// Drops least recently used records until the shard is within its
+    /// Drops least recently used records until the map is within its
     /// bound, sparing `keep` (just written to) unless it alone is too big.
-    fn trim(&self, shard: &mut Shard, keep: Tracked) {
-        while shard.weight > self.per_shard {
-            let Some((key, record)) = shard.records.pop_lru() else {
+    fn trim(&self, map: &mut Map, keep: Tracked) {
+        while map.weight > self.bound {
+            let Some((key, record)) = map.records.pop_lru() else {
                 break;
             };
-            if key == keep && !shard.records.is_empty() {
-                shard.records.put(key, record);
+            if key == keep && !map.records.is_empty() {
+                map.records.put(key, record);
                 continue;
             }
-            shard.weight -= record.weight();
+            map.weight -= record.weight();
         }
-    }
-
-    /// Forgets what is kept of `key`.
-    pub fn forget(&self, key: Tracked) {
-        self.shard(key).remove(&key);
     }
 
     /// Forgets what is kept of the Redis key named `name`, if it is one of
     /// ours: a user's hash holds both the presence and the relations.
     pub fn forget_named(&self, name: &[u8]) {
         if let Some((id, b'r')) = self.keys.parse(name) {
-            self.forget(Tracked::User(id));
-            self.forget(Tracked::Relations(id));
+            let mut map = self.map();
+            map.remove(&Tracked::User(id));
+            map.remove(&Tracked::Relations(id));
         }
     }
 
     /// Forgets everything.
     pub fn flush(&self) {
-        for shard in &*self.shards {
-            let mut shard = shard
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            shard.records.clear();
-            shard.weight = 0;
-        }
+        let mut map = self.map();
+        map.records.clear();
+        map.weight = 0;
+        drop(map);
         crate::meters::near_flush();
     }
 
@@ -301,14 +268,7 @@ impl Near {
 
     /// Entries held now (for tests and `/metrics`).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .weight
-            })
-            .sum()
+        self.map().weight
     }
 
     /// Whether nothing is held.
@@ -581,12 +541,12 @@ mod tests {
 
     #[test]
     fn the_bound_holds_and_drops_the_least_recently_used() {
-        let near = near(SHARDS * 4);
+        let near = near(128);
         for n in 1..=10_000 {
             let generation = near.open(Tracked::User(id(n)));
             near.keep_user(id(n), generation, ACTIVE);
         }
-        assert!(near.len() <= SHARDS * 4, "{} entries", near.len());
+        assert!(near.len() <= 128, "{} entries", near.len());
         assert_eq!(near.user(id(10_000)), Some(ACTIVE));
         assert_eq!(near.user(id(1)), None);
     }

@@ -61,6 +61,22 @@ fn short_answer() -> CacheError {
     )))
 }
 
+/// `values` when there are `count` of them; otherwise the tracked
+/// connection is dropped (it can no longer be trusted to pair replies with
+/// requests) and the lookup fails.
+fn exactly(
+    link: &NearLink,
+    values: Vec<Option<Vec<u8>>>,
+    count: usize,
+) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+    if values.len() == count {
+        Ok(values)
+    } else {
+        link.failed();
+        Err(short_answer())
+    }
+}
+
 impl Cache {
     /// Reads the target user's entry and, when given, the viewer's copy of
     /// the pair's entry: one round trip (two requests at once in a cluster,
@@ -117,20 +133,14 @@ impl Cache {
         seen: Option<(Pair, UserId)>,
     ) -> Result<Cached, CacheError> {
         let near = link.near();
-        let seen = seen.map(|(pair, viewer)| {
-            let other = if pair.low() == viewer {
-                pair.high()
-            } else {
-                pair.low()
-            };
-            (viewer, other)
-        });
+        // The viewer's copy of the pair; its key is built only on a miss.
         let user = near.user(target);
-        let pair = seen.and_then(|(viewer, other)| near.relation(viewer, other));
+        let pair = seen.and_then(|(pair, viewer)| near.relation(viewer, pair.other(viewer)));
         let user_read = user.is_none().then(|| near.open(Tracked::User(target)));
-        let pair_read = seen
-            .filter(|_| pair.is_none())
-            .map(|(viewer, other)| (viewer, other, near.open(Tracked::Relations(viewer))));
+        let pair_read = seen.filter(|_| pair.is_none()).map(|(pair, viewer)| {
+            let generation = near.open(Tracked::Relations(viewer));
+            (viewer, self.keys.seen_by(pair, viewer), generation)
+        });
         if user_read.is_none() && pair_read.is_none() {
             return Ok(Cached {
                 user,
@@ -140,15 +150,13 @@ impl Cache {
         }
         let mut pipe = redis::pipe();
         if user_read.is_some() {
-            let spot = self.keys.presence(target);
+            pipe.add_command(self.keys.presence(target).command("HGET"));
+        }
+        if let Some((_, spot, _)) = &pair_read {
             pipe.add_command(spot.command("HGET"));
         }
-        if let Some((viewer, other, _)) = pair_read {
-            pipe.cmd("HGET")
-                .arg(self.keys.relations(viewer))
-                .arg(other.get());
-        }
-        let values: Vec<Option<Vec<u8>>> = self.through_near(link, &pipe).await?;
+        let count = usize::from(user_read.is_some()) + usize::from(pair_read.is_some());
+        let values = self.values_near(link, &pipe, count).await?;
         let mut values = values.iter();
         let mut foreign = false;
         let user = match user_read {
@@ -162,9 +170,9 @@ impl Cache {
             None => user,
         };
         let pair = match pair_read {
-            Some((viewer, other, generation)) => {
+            Some((viewer, spot, generation)) => {
                 let raw = values.next();
-                if let Some(value) = plain(raw) {
+                if let (Some(value), Some(other)) = (plain(raw), spot.field) {
                     near.keep_relations(viewer, generation, [(other, value)]);
                 }
                 decode_noting(raw, &mut foreign)
@@ -233,7 +241,10 @@ impl Cache {
         for &i in &missing {
             cmd.arg(targets[i].get());
         }
-        let values = self.values_near(link, cmd, missing.len()).await?;
+        let mut pipe = redis::pipe();
+        pipe.add_command(cmd);
+        let (values,): (Vec<Option<Vec<u8>>>,) = self.through_near(link, &pipe).await?;
+        let values = exactly(link, values, missing.len())?;
         let mut foreign = false;
         let mut kept = Vec::with_capacity(missing.len());
         for (&i, raw) in missing.iter().zip(&values) {
@@ -272,14 +283,9 @@ impl Cache {
         }
         let mut pipe = redis::pipe();
         for &(i, _) in &missing {
-            let spot = self.keys.presence(targets[i]);
-            pipe.add_command(spot.command("HGET"));
+            pipe.add_command(self.keys.presence(targets[i]).command("HGET"));
         }
-        let values: Vec<Option<Vec<u8>>> = self.through_near(link, &pipe).await?;
-        if values.len() != missing.len() {
-            link.failed();
-            return Err(short_answer());
-        }
+        let values = self.values_near(link, &pipe, missing.len()).await?;
         let mut foreign = false;
         for (&(i, generation), raw) in missing.iter().zip(&values) {
             if let Some(value) = plain(Some(raw)) {
@@ -290,22 +296,16 @@ impl Cache {
         Ok((found, foreign))
     }
 
-    /// Runs `cmd`, which answers `count` values, on the near cache's
-    /// tracked connection.
+    /// Runs `pipe`, `count` commands of one value each, on the near
+    /// cache's tracked connection.
     async fn values_near(
         &self,
         link: &NearLink,
-        cmd: redis::Cmd,
+        pipe: &redis::Pipeline,
         count: usize,
     ) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        let mut pipe = redis::pipe();
-        pipe.add_command(cmd);
-        let (values,): (Vec<Option<Vec<u8>>>,) = self.through_near(link, &pipe).await?;
-        if values.len() != count {
-            link.failed();
-            return Err(short_answer());
-        }
-        Ok(values)
+        let values = self.through_near(link, pipe).await?;
+        exactly(link, values, count)
     }
 
     /// Runs `cmd`, which answers `count` values, and decodes each (a

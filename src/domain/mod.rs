@@ -121,6 +121,16 @@ impl Pair {
         }
     }
 
+    /// The user of the pair who is not `user` (the low one when `user` is
+    /// not in the pair).
+    pub fn other(self, user: UserId) -> UserId {
+        if user == self.low {
+            self.high
+        } else {
+            self.low
+        }
+    }
+
     /// The user on `side`.
     pub fn user(self, side: Side) -> UserId {
         match side {
