@@ -338,6 +338,9 @@ struct Progressed {
     last_step: Instant,
     /// Events read by then.
     events: u64,
+    /// When a check first saw the log end beyond what was applied, with no
+    /// event read since (see [`stalled`]).
+    behind_since: Option<Instant>,
     last_check: Instant,
     last_warned: Option<Instant>,
 }
@@ -580,6 +583,7 @@ impl Follower {
             dirty: false,
             last_step: now,
             events: 0,
+            behind_since: None,
             last_check: now.checked_sub(CHECK_EVERY).unwrap_or(now),
             last_warned: None,
         };
@@ -722,7 +726,8 @@ impl Follower {
             (_, Some(when)) => (unix_now() - f64::from(when)).max(0.0),
             (_, None) => at.stored_at.elapsed().as_secs_f64(),
         };
-        if bytes > 0 && !refreshing && at.last_step.elapsed() >= STALLED_AFTER {
+        let stalled = stalled(&mut at.behind_since, bytes, at.last_step, Instant::now());
+        if stalled && !refreshing {
             return Err(Ended::Stalled {
                 applied: at.applied.clone(),
                 end,
@@ -817,6 +822,29 @@ fn on_step(
 }
 
 /// Bytes of log from `from` to `to`, over the files between them.
+/// Whether the stream has stalled: a check saw the log end beyond what was
+/// applied [`STALLED_AFTER`] ago, and nothing was read since. Counted from
+/// that first sight, not from the last event: after a quiet minute the
+/// follower's own position store moves the log's end, and the check right
+/// after it must not take a minute of nothing to send for ten seconds of
+/// nothing sent.
+fn stalled(
+    behind_since: &mut Option<Instant>,
+    bytes: u64,
+    last_step: Instant,
+    now: Instant,
+) -> bool {
+    if bytes == 0 {
+        *behind_since = None;
+        return false;
+    }
+    let since = match *behind_since {
+        Some(seen) if seen >= last_step => seen,
+        _ => *behind_since.insert(now),
+    };
+    now.duration_since(since) >= STALLED_AFTER
+}
+
 fn bytes_between(files: &[(String, u64)], from: &Position, to: &Position) -> u64 {
     let mut total = 0;
     let mut counting = false;
@@ -848,6 +876,35 @@ mod tests {
             file: file.into(),
             pos,
         }
+    }
+
+    #[test]
+    fn a_log_end_just_moved_after_a_quiet_spell_is_not_a_stall() {
+        let quiet = Instant::now();
+        let mut since = None;
+        // A minute without events, then the follower's own store: the log
+        // ends 639 bytes beyond what was applied.
+        let store = quiet + Duration::from_secs(60);
+        assert!(!stalled(&mut since, 639, quiet, store));
+        // Its events arrive: read, applied, caught up.
+        let read = store + Duration::from_millis(5);
+        assert!(!stalled(&mut since, 0, read, read + Duration::from_secs(1)));
+        assert_eq!(since, None);
+    }
+
+    #[test]
+    fn a_log_end_not_sent_for_the_whole_wait_is_a_stall() {
+        let last = Instant::now();
+        let mut since = None;
+        let seen = last + Duration::from_secs(60);
+        assert!(!stalled(&mut since, 639, last, seen));
+        assert!(!stalled(&mut since, 639, last, seen + STALLED_AFTER / 2));
+        assert!(stalled(&mut since, 639, last, seen + STALLED_AFTER));
+        // An event read meanwhile starts the wait again.
+        let step = seen + STALLED_AFTER / 2;
+        let mut since = Some(seen);
+        assert!(!stalled(&mut since, 639, step, seen + STALLED_AFTER));
+        assert!(stalled(&mut since, 639, step, seen + 2 * STALLED_AFTER));
     }
 
     #[test]
