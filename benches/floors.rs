@@ -6,6 +6,9 @@
 //!   a cached answer can cost.
 //! - `m ADDR`: Floor M — the same with one MySQL primary-key select through
 //!   diesel-async's pool instead: the least a cache miss can cost.
+//! - `z ADDR`: Floor Z — the same handler answering at once, with no I/O:
+//!   the most any answer from process memory (the near cache's) can reach
+//!   on this machine, with the load generator on the same cores.
 //!
 //! Environment: `REDIS_URL`, `DATABASE_URL`, `FLOOR_KEY` (the Redis key
 //! Floor H reads; `{id}` in it stands for the id in the request's path). Not a Criterion bench: `cargo bench --bench floors` alone
@@ -62,6 +65,17 @@ async fn floor_h(
         .body(format!("{{\"connection_status\":{status}}}"))
 }
 
+async fn floor_z(id: web::Path<String>) -> HttpResponse {
+    let status = if id.is_empty() {
+        "null"
+    } else {
+        "\"connected\""
+    };
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(format!("{{\"connection_status\":{status}}}"))
+}
+
 async fn floor_m(pool: web::Data<Pool>, id: web::Path<u64>) -> HttpResponse {
     let mut conn = pool.get().await.unwrap();
     let version: Option<u64> = users::table
@@ -87,9 +101,9 @@ fn main() -> std::io::Result<()> {
         .filter(|a| a != "--bench")
         .collect();
     let (mode, addr) = match args.as_slice() {
-        [mode, addr] if mode == "h" || mode == "m" => (mode.clone(), addr.clone()),
+        [mode, addr] if ["h", "m", "z"].contains(&mode.as_str()) => (mode.clone(), addr.clone()),
         _ => {
-            eprintln!("usage: floors (h|m) ADDR   (see scripts/load.sh)");
+            eprintln!("usage: floors (h|m|z) ADDR   (see scripts/load.sh)");
             return Ok(());
         }
     };
@@ -129,6 +143,8 @@ fn main() -> std::io::Result<()> {
                     async move { client.get_multiplexed_async_connection().await }
                 })
                 .route("/floor/{id}", web::get().to(floor_h))
+            } else if mode == "z" {
+                app.route("/floor/{id}", web::get().to(floor_z))
             } else {
                 app.app_data(web::Data::new(pool.clone()))
                     .route("/floor/{id}", web::get().to(floor_m))

@@ -12,6 +12,8 @@
 #   cached-many  connstatus GET, cached pairs spread over LOAD_HOT targets
 #   is-connection  GET is_connection/ on the same pairs as cached-many
 #   floor-m      Floor M: one MySQL primary-key select per request
+#   floor-z      Floor Z: the same server answering with no I/O at all, the
+#                ceiling of any answer from memory (the near cache's) here
 #   uncached     connstatus GET, a pair never read before on every request
 #   batch-50     POST statuses with 50 cached ids per request, one viewer
 #   feed-50      the same, each request a random viewer of 256 (a feed)
@@ -61,7 +63,7 @@ export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_bench
 export REDIS_URL=redis://127.0.0.1:6379
 export CONNSTATUS_REDIS_PREFIX=bench:3:
 export RUST_LOG=warn
-APP=127.0.0.1:18180 FLOOR_H=127.0.0.1:18181 FLOOR_M=127.0.0.1:18182 NEAR=127.0.0.1:18183
+APP=127.0.0.1:18180 FLOOR_H=127.0.0.1:18181 FLOOR_M=127.0.0.1:18182 NEAR=127.0.0.1:18183 FLOOR_Z=127.0.0.1:18184
 
 floors=$(cs_release_build)
 bin=target/release/connstatus
@@ -101,7 +103,9 @@ FLOOR_KEY="${CONNSTATUS_REDIS_PREFIX}floor:{id}" "$floors" h "$FLOOR_H" & pids+=
 floor_h_pid=$!
 "$floors" m "$FLOOR_M" & pids+=($!)
 floor_m_pid=$!
-for url in "http://$APP/readyz" "http://$NEAR/readyz" "http://$FLOOR_H/floor/2" "http://$FLOOR_M/floor/2"; do
+"$floors" z "$FLOOR_Z" & pids+=($!)
+floor_z_pid=$!
+for url in "http://$APP/readyz" "http://$NEAR/readyz" "http://$FLOOR_H/floor/2" "http://$FLOOR_M/floor/2" "http://$FLOOR_Z/floor/2"; do
   cs_wait_until 30 "$url" curl -sf "$url" || exit 1
 done
 
@@ -129,7 +133,7 @@ for v in $(seq 1 "$VIEWERS"); do "$bin" token --user "$v" --ttl 1h; done >"$toke
 # the profile that does not need perf.
 redis_pid=$(redis-cli -h 127.0.0.1 info server | tr -d '\r' | sed -n 's/^process_id://p')
 mysql_pid=$(pgrep -o -x mariadbd || pgrep -o -x mysqld || echo 0)
-declare -A server_pid=([$APP]=$app_pid [$NEAR]=$near_pid [$FLOOR_H]=$floor_h_pid [$FLOOR_M]=$floor_m_pid)
+declare -A server_pid=([$APP]=$app_pid [$NEAR]=$near_pid [$FLOOR_H]=$floor_h_pid [$FLOOR_M]=$floor_m_pid [$FLOOR_Z]=$floor_z_pid)
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 hz=$(getconf CLK_TCK)
 # per_request T0 T1 N: CPU µs per request of N requests between two tick counts.
@@ -196,6 +200,7 @@ for round in $(seq 1 "$ROUNDS"); do
   WRK_BATCH=50 drive batch-50 "$APP" /api/v2/user/connection/statuses/ batch 2 "$HOT"
   WRK_BATCH=50 drive feed-50 "$APP" /api/v2/user/connection/statuses/ feed 2 "$FEED_HI"
   WRK_BATCH=500 drive batch-500 "$APP" /api/v2/user/connection/statuses/ batch 2 "$HOT"
+  drive floor-z "$FLOOR_Z" /floor/2 fixed 2 2
   drive l1-one "$NEAR" "$status_path" fixed 2 2
   drive l1-many "$NEAR" "$status_path" spread 2 "$HOT"
   WRK_BATCH=50 drive l1-batch-50 "$NEAR" /api/v2/user/connection/statuses/ batch 2 "$HOT"
@@ -331,5 +336,9 @@ print("targets:")
 for label, got, bound, kind in targets:
     ok = got >= bound if kind == "at least" else got <= bound
     print(f"  {'met ' if ok else 'MISS'} {label}: {got:.2f}, {kind} {bound}")
+if "floor-z" in rows:
+    print(f"the ceiling: floor Z (no I/O) / floor H = {f('floor-z', 'floor-h'):.2f}: no answer from memory passes it here "
+          f"(the load generator shares the cores); near cache GET / floor Z = {f('l1-one', 'floor-z'):.2f} one key, "
+          f"{f('l1-many', 'floor-z'):.2f} many keys")
 print("(scripts/load.sh; every figure above from this one run)")
 PY

@@ -71,28 +71,29 @@ pub struct Worker {
 
 /// Registers the public routes. Every path is served with and without its
 /// trailing slash; a known path with another method is 405 with `Allow`;
-/// anything else is 404 `{"detail": "Not found."}`.
+/// anything else is 404 `{"detail": "Not found."}`. The router tries
+/// resources in order: the reads, most of the traffic, come first.
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint(
-        "/api/v2/user/connection/statuses/",
-        Method::POST,
-        batch::post_statuses,
-    ))
-    .service(endpoint(
         "/api/v2/user/{id}/connection_status/",
         Method::GET,
         status::get_status,
+    ))
+    .service(endpoint(
+        "/api/v2/user/{id}/is_connection/",
+        Method::GET,
+        status::get_is_connection,
+    ))
+    .service(endpoint(
+        "/api/v2/user/connection/statuses/",
+        Method::POST,
+        batch::post_statuses,
     ))
     .service(endpoint_where(
         "/api/v2/user/{id}/connection/{action}/",
         Method::POST,
         mutations::mutate,
         known_action,
-    ))
-    .service(endpoint(
-        "/api/v2/user/{id}/is_connection/",
-        Method::GET,
-        status::get_is_connection,
     ))
     .service(endpoint(
         "/api/v2/openapi.json",
@@ -107,13 +108,13 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
 #[derive(Clone, Copy, Debug)]
 pub struct RouteLabel(pub &'static str);
 
-/// A resource at `path`, served with and without its trailing slash, that
-/// answers `method` with `handler` and anything else with 405 and `Allow`.
+/// The resources of `path`, with and without its trailing slash, that
+/// answer `method` with `handler` and anything else with 405 and `Allow`.
 pub(crate) fn endpoint<F, Args>(
     path: &'static str,
     method: Method,
     handler: F,
-) -> actix_web::Resource
+) -> (actix_web::Resource, actix_web::Resource)
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -134,12 +135,17 @@ fn known_action(req: &HttpRequest) -> bool {
 /// [`endpoint`] for a path whose pattern matches more than exists: a request
 /// with another method is 405 only when `exists` says the path names
 /// something, else 404. (With `method`, the handler itself answers 404.)
+///
+/// Two resources of one pattern each, not one resource of two patterns:
+/// actix matches a resource of several patterns with a regex set and then
+/// the pattern's own regex, on every request that reaches it; one pattern is
+/// one match.
 pub(crate) fn endpoint_where<F, Args>(
     path: &'static str,
     method: Method,
     handler: F,
     exists: fn(&HttpRequest) -> bool,
-) -> actix_web::Resource
+) -> (actix_web::Resource, actix_web::Resource)
 where
     F: actix_web::Handler<Args>,
     Args: actix_web::FromRequest + 'static,
@@ -154,16 +160,19 @@ where
     } else {
         "GET"
     };
-    web::resource([path.to_owned(), other])
-        .app_data(RouteLabel(path))
-        .route(web::route().method(method).to(handler))
-        .default_service(web::to(move |req: HttpRequest| async move {
-            if exists(&req) {
-                method_not_allowed(req, allow).await
-            } else {
-                not_found().await
-            }
-        }))
+    let resource = |pattern: String| {
+        web::resource(pattern)
+            .app_data(RouteLabel(path))
+            .route(web::route().method(method.clone()).to(handler.clone()))
+            .default_service(web::to(move |req: HttpRequest| async move {
+                if exists(&req) {
+                    method_not_allowed(req, allow).await
+                } else {
+                    not_found().await
+                }
+            }))
+    };
+    (resource(path.to_owned()), resource(other))
 }
 
 /// The answer for a path that does not exist.
