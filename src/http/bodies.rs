@@ -42,6 +42,19 @@ pub struct StatusBody {
     pub connection_status: Option<ConnectionStatus>,
 }
 
+impl StatusBody {
+    /// The body for `status`, as serde_json writes [`StatusBody`] (a test
+    /// holds them equal): the hot path writes it without a serializer.
+    pub fn literal(status: Status) -> &'static str {
+        match status {
+            Status::Connected => r#"{"connection_status":"connected"}"#,
+            Status::SentRequest => r#"{"connection_status":"sent_connection_request"}"#,
+            Status::ReceivedRequest => r#"{"connection_status":"received_connection_request"}"#,
+            Status::Null => r#"{"connection_status":null}"#,
+        }
+    }
+}
+
 impl From<Status> for StatusBody {
     fn from(status: Status) -> Self {
         Self {
@@ -55,6 +68,18 @@ impl From<Status> for StatusBody {
 pub struct IsConnectionBody {
     /// True exactly when the two users are connected.
     pub is_connection: bool,
+}
+
+impl IsConnectionBody {
+    /// The body, as serde_json writes [`IsConnectionBody`] (a test holds
+    /// them equal).
+    pub fn literal(is_connection: bool) -> &'static str {
+        if is_connection {
+            r#"{"is_connection":true}"#
+        } else {
+            r#"{"is_connection":false}"#
+        }
+    }
 }
 
 /// `{"users": [1, 7, 9]}`.
@@ -175,5 +200,23 @@ mod tests {
             json(&batch),
             r#"{"connection_statuses":{"9":"received_connection_request","1":null,"7":"connected"}}"#
         );
+    }
+
+    #[test]
+    fn the_written_bodies_are_what_the_serializer_writes() {
+        for status in [
+            Status::Connected,
+            Status::SentRequest,
+            Status::ReceivedRequest,
+            Status::Null,
+        ] {
+            assert_eq!(StatusBody::literal(status), json(&StatusBody::from(status)));
+        }
+        for is_connection in [true, false] {
+            assert_eq!(
+                IsConnectionBody::literal(is_connection),
+                json(&IsConnectionBody { is_connection })
+            );
+        }
     }
 }

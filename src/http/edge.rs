@@ -184,13 +184,14 @@ fn route_of(req: &actix_web::HttpRequest) -> &'static str {
 }
 
 /// Metric handles by (route pattern's address, method, status).
-type Handles = HashMap<(usize, &'static str, u16), (Counter, Histogram)>;
+type Handles =
+    HashMap<(usize, &'static str, u16), (Counter, Histogram), foldhash::fast::RandomState>;
 
 thread_local! {
     /// This worker's metric handles per (route, method, status): looking a
     /// handle up in the global registry hashes and compares its labels, and
     /// this runs on every request.
-    static HANDLES: RefCell<Handles> = RefCell::new(HashMap::new());
+    static HANDLES: RefCell<Handles> = RefCell::new(HashMap::default());
 }
 
 fn record(route: &'static str, method: &'static str, status: u16, started: Instant) {
