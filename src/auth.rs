@@ -318,12 +318,19 @@ fn user_from_claim(value: Option<&Value>) -> Option<UserId> {
 
 /// The token of `Bearer <token>` (scheme case-insensitive), or `None` when
 /// the header is not a bearer credential at all.
+///
+/// On bytes: the whitespace around the parts is HTTP's (spaces and tabs,
+/// ASCII), and only the token needs to be text; this runs on every request.
 fn bearer_token(header: &[u8]) -> Option<&str> {
-    let header = std::str::from_utf8(header).ok()?.trim();
-    let (scheme, token) = header.split_once(' ').unwrap_or((header, ""));
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
+    let header = header.trim_ascii();
+    let (scheme, token) = match header.iter().position(|&b| b == b' ') {
+        Some(space) => (&header[..space], &header[space + 1..]),
+        None => (header, &b""[..]),
+    };
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    std::str::from_utf8(token.trim_ascii()).ok()
 }
 
 /// Reads a PEM public key as the raw key bytes *ring* verifies with: the
@@ -407,6 +414,8 @@ mod tests {
         assert_eq!(bearer_token(b"Bearer"), Some(""));
         assert_eq!(bearer_token(b"Basic dXNlcjpwdw=="), None);
         assert_eq!(bearer_token(b"\xff\xfe"), None);
+        assert_eq!(bearer_token(b"\tBearer\tabc"), None);
+        assert_eq!(bearer_token(b"Bearer \xffabc"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `docs/api.md#statuses-for-many-users-at-once`): the statuses of many
 //! users at once, for feeds.
 
+use actix_web::http::header::ContentType;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
 
@@ -54,9 +55,12 @@ pub async fn post_statuses(
             None => Status::Null,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(BatchBody {
+    let body = BatchBody {
         connection_statuses: Statuses { ids, statuses },
-    }))
+    };
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body.to_json()))
 }
 
 /// The distinct ids of `{"users": [...]}`, in first-seen order; the error

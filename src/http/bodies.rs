@@ -120,6 +120,33 @@ impl Serialize for Statuses {
     }
 }
 
+impl BatchBody {
+    /// The body as serde_json writes it (a test holds them equal), written
+    /// straight into one buffer: ids are digits and statuses a handful of
+    /// literals, so nothing needs escaping, and the serializer's per-entry
+    /// work was a tenth of a batch's instructions.
+    pub fn to_json(&self) -> Vec<u8> {
+        let Statuses { ids, statuses } = &self.connection_statuses;
+        const HEAD: &str = r#"{"connection_statuses":{"#;
+        // The longest entry: 20 digits, quotes, colon, the longest status
+        // and a comma.
+        let mut out = Vec::with_capacity(HEAD.len() + 2 + ids.len() * 55);
+        out.extend_from_slice(HEAD.as_bytes());
+        let mut digits = itoa::Buffer::new();
+        for (n, (&id, &status)) in ids.iter().zip(statuses).enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.push(b'"');
+            out.extend_from_slice(digits.format(id).as_bytes());
+            out.extend_from_slice(b"\":");
+            out.extend_from_slice(status.json_literal().as_bytes());
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
 /// Every error: `{"detail": "..."}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Detail {
@@ -200,6 +227,25 @@ mod tests {
             json(&batch),
             r#"{"connection_statuses":{"9":"received_connection_request","1":null,"7":"connected"}}"#
         );
+    }
+
+    #[test]
+    fn the_written_batch_body_is_what_the_serializer_writes() {
+        let all = [
+            Status::Connected,
+            Status::SentRequest,
+            Status::ReceivedRequest,
+            Status::Null,
+        ];
+        for n in [0, 1, 2, 7, 1000] {
+            let ids: Vec<u64> = (0..n).map(|i| i * 7919 + u64::MAX / (i + 1)).collect();
+            let statuses = (0..n).map(|i| all[i as usize % 4]).collect();
+            let batch = BatchBody {
+                connection_statuses: Statuses { ids, statuses },
+            };
+            let written = String::from_utf8(batch.to_json()).expect("UTF-8");
+            assert_eq!(written, json(&batch));
+        }
     }
 
     #[test]

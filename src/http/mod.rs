@@ -72,9 +72,15 @@ pub struct Worker {
 /// Registers the public routes. Every path is served with and without its
 /// trailing slash; a known path with another method is 405 with `Allow`;
 /// anything else is 404 `{"detail": "Not found."}`. The router tries
-/// resources in order: the reads, most of the traffic, come first.
+/// resources in order: the batch's static path first (a string comparison),
+/// then the reads, most of the traffic (a regex each).
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(endpoint(
+        "/api/v2/user/connection/statuses/",
+        Method::POST,
+        batch::post_statuses,
+    ))
+    .service(endpoint(
         "/api/v2/user/{id}/connection_status/",
         Method::GET,
         status::get_status,
@@ -83,11 +89,6 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         "/api/v2/user/{id}/is_connection/",
         Method::GET,
         status::get_is_connection,
-    ))
-    .service(endpoint(
-        "/api/v2/user/connection/statuses/",
-        Method::POST,
-        batch::post_statuses,
     ))
     .service(endpoint_where(
         "/api/v2/user/{id}/connection/{action}/",
