@@ -341,6 +341,9 @@ struct Progressed {
     /// When a check first saw the log end beyond what was applied, with no
     /// event read since (see [`stalled`]).
     behind_since: Option<Instant>,
+    /// When a check last saw nothing left to apply: every event not applied
+    /// yet was written after it (see [`lag_seconds`]).
+    caught_up_at: Option<Instant>,
     last_check: Instant,
     last_warned: Option<Instant>,
 }
@@ -584,6 +587,7 @@ impl Follower {
             last_step: now,
             events: 0,
             behind_since: None,
+            caught_up_at: None,
             last_check: now.checked_sub(CHECK_EVERY).unwrap_or(now),
             last_warned: None,
         };
@@ -721,11 +725,15 @@ impl Follower {
         } else {
             0
         };
-        let seconds = match (bytes, at.applied_at) {
-            (0, _) => 0.0,
-            (_, Some(when)) => (unix_now() - f64::from(when)).max(0.0),
-            (_, None) => at.stored_at.elapsed().as_secs_f64(),
-        };
+        if bytes == 0 {
+            at.caught_up_at = Some(Instant::now());
+        }
+        let seconds = lag_seconds(
+            bytes,
+            at.applied_at.map(|when| unix_now() - f64::from(when)),
+            at.stored_at.elapsed(),
+            at.caught_up_at.map(|t| t.elapsed()),
+        );
         let stalled = stalled(&mut at.behind_since, bytes, at.last_step, Instant::now());
         if stalled && !refreshing {
             return Err(Ended::Stalled {
@@ -822,6 +830,26 @@ fn on_step(
 }
 
 /// Bytes of log from `from` to `to`, over the files between them.
+/// How far behind the log the follower is, in seconds: the age of the
+/// newest change applied (`applied_age`; since the position was stored when
+/// none was applied yet), but never more than the time since a check last
+/// saw nothing left to apply, since every change not applied was written
+/// after that. Without that bound, the first change after a quiet minute
+/// (the follower's own position store, every minute) read as a minute of
+/// lag until it was applied.
+fn lag_seconds(
+    bytes: u64,
+    applied_age: Option<f64>,
+    stored_for: Duration,
+    caught_up_for: Option<Duration>,
+) -> f64 {
+    if bytes == 0 {
+        return 0.0;
+    }
+    let age = applied_age.map_or(stored_for.as_secs_f64(), |age| age.max(0.0));
+    caught_up_for.map_or(age, |quiet| age.min(quiet.as_secs_f64()))
+}
+
 /// Whether the stream has stalled: a check saw the log end beyond what was
 /// applied [`STALLED_AFTER`] ago, and nothing was read since. Counted from
 /// that first sight, not from the last event: after a quiet minute the
@@ -876,6 +904,40 @@ mod tests {
             file: file.into(),
             pos,
         }
+    }
+
+    #[test]
+    fn the_first_change_after_a_quiet_spell_is_not_a_minute_of_lag() {
+        // Applied a minute ago, caught up at the last check a second ago,
+        // and then 640 bytes more (the follower's own position store).
+        let lag = lag_seconds(
+            640,
+            Some(60.0),
+            Duration::from_secs(60),
+            Some(Duration::from_secs(1)),
+        );
+        assert!(lag <= 1.0, "{lag}");
+        // Nothing left: no lag, whatever the ages.
+        assert_eq!(lag_seconds(0, Some(60.0), Duration::ZERO, None), 0.0);
+    }
+
+    #[test]
+    fn a_real_backlog_shows_its_age() {
+        // Never caught up since the session began: the applied change's age.
+        assert_eq!(
+            lag_seconds(1 << 20, Some(30.0), Duration::from_secs(5), None),
+            30.0
+        );
+        // Caught up 40 s ago, applied changes 30 s old: 30 s behind.
+        let lag = lag_seconds(
+            1 << 20,
+            Some(30.0),
+            Duration::ZERO,
+            Some(Duration::from_secs(40)),
+        );
+        assert_eq!(lag, 30.0);
+        // Nothing applied yet this session: since the position was stored.
+        assert_eq!(lag_seconds(10, None, Duration::from_secs(7), None), 7.0);
     }
 
     #[test]
