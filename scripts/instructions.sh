@@ -18,6 +18,8 @@
 # printed beside this checkout's. Knobs: INSTR_N (2000), INSTR_WARMUP (300).
 # Everything is on 127.0.0.1; every server it starts is stopped.
 set -euo pipefail
+# The baseline as given, before the working directory changes.
+baseline=${1:+$(realpath "$1")}
 cd "$(dirname "$0")/.."
 source scripts/services.sh
 ensure_mariadb
@@ -26,7 +28,6 @@ ensure_tool valgrind valgrind
 
 N=${INSTR_N:-2000}
 WARMUP=${INSTR_WARMUP:-300}
-baseline=${1:-}
 export DATABASE_URL=mysql://root@127.0.0.1:3306/connstatus_instr
 export REDIS_URL=redis://127.0.0.1:6379
 export CONNSTATUS_REDIS_PREFIX=instr:
@@ -97,7 +98,8 @@ PY
   echo "$name $((total / N))"
 }
 
-results=$(mktemp)
+results="$work/results"
+# In this shell, not a pipeline's subshell: the EXIT trap must see `server`.
 {
   count floor-h floor /floor/2 "FLOOR_KEY=instr:floor:{id}" "$floors" h "$ADDR"
   listen="CONNSTATUS_BIND=$ADDR CONNSTATUS_ADMIN_BIND=127.0.0.1:18198"
@@ -108,7 +110,8 @@ results=$(mktemp)
     count "$build:batch-50" batch /readyz "$listen" "$b" serve
     count "$build:near-get" near /readyz "$listen CONNSTATUS_CACHE_L1_ENTRIES=100000" "$b" serve
   done
-} | tee "$results"
+} >"$results"
+cat "$results"
 mkdir -p bench-results
 python3 - "$results" "$N" <<'PY' | tee bench-results/instructions.txt
 import sys

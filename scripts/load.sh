@@ -337,7 +337,7 @@ for label, got, bound, kind in targets:
     ok = got >= bound if kind == "at least" else got <= bound
     print(f"  {'met ' if ok else 'MISS'} {label}: {got:.2f}, {kind} {bound}")
 if "floor-z" in rows:
-    print(f"the ceiling: floor Z (no I/O) / floor H = {f('floor-z', 'floor-h'):.2f}: no answer from memory passes it here "
+    print(f"the ceiling: floor Z (no I/O) / floor H = {f('floor-z', 'floor-h'):.2f}: about the most an answer from memory can reach here "
           f"(the load generator shares the cores); near cache GET / floor Z = {f('l1-one', 'floor-z'):.2f} one key, "
           f"{f('l1-many', 'floor-z'):.2f} many keys")
 print("(scripts/load.sh; every figure above from this one run)")

@@ -65,14 +65,22 @@ local function room(key)
   return CAP - lengths[key] - added[key]
 end
 
--- After a write: a new field is counted, and a hash it created gets its
--- lifetime.
-local function settle(key, field, ttl, new)
+-- Writes an entry (`new`: the spot is empty now). A new field in a full
+-- hash first drops random fields (dropping a copy, even a lease, is always
+-- safe: it only makes a miss).
+local function put(key, field, value, ttl, new)
   local created = false
   if new then
+    if room(key) <= 0 then
+      local victims = redis.call('HRANDFIELD', key, 8)
+      if #victims > 0 then
+        lengths[key] = lengths[key] - redis.call('HDEL', key, unpack(victims))
+      end
+    end
     created = lengths[key] + added[key] == 0
     added[key] = added[key] + 1
   end
+  redis.call('HSET', key, field, value)
   -- The hash's lifetime counts from its creation: no entry in it is older
   -- than the TTL, however busy the hash is. Only a new field can create it.
   if created and not aged[key] then
@@ -84,31 +92,6 @@ local function settle(key, field, ttl, new)
     -- miss's lease created its hash with the long one.
     redis.call('EXPIRE', key, ttl)
   end
-end
-
--- Writes an entry (`new`: the spot is empty now). A new field in a full
--- hash first drops random fields (dropping a copy, even a lease, is always
--- safe: it only makes a miss).
-local function put(key, field, value, ttl, new)
-  if new and room(key) <= 0 then
-    local victims = redis.call('HRANDFIELD', key, 8)
-    if #victims > 0 then
-      lengths[key] = lengths[key] - redis.call('HDEL', key, unpack(victims))
-    end
-  end
-  redis.call('HSET', key, field, value)
-  settle(key, field, ttl, new)
-end
-
--- Writes `value` into the spot if it is empty and its hash has room (one
--- HSETNX where a read and then a write would be two calls); false, and
--- nothing written, otherwise.
-local function put_if_empty(key, field, value, ttl)
-  if room(key) <= 0 or redis.call('HSETNX', key, field, value) == 0 then
-    return false
-  end
-  settle(key, field, ttl, true)
-  return true
 end
 
 local function put_lease(key, field, value, new)

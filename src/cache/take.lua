@@ -6,15 +6,11 @@
 local taken = {}
 for i = 1, #KEYS do
   local field = ARGV[HEAD + 2 * i - 1]
-  local lease = ARGV[HEAD + 2 * i] .. DEADLINE
-  taken[i] = 1
-  if not put_if_empty(KEYS[i], field, lease, NEW_TTL) then
-    local held = get(KEYS[i], field)
-    if not held or (is_lease(held) and expired(held)) then
-      put_lease(KEYS[i], field, lease, not held)
-    else
-      taken[i] = 0
-    end
+  local held = get(KEYS[i], field)
+  taken[i] = 0
+  if not held or (is_lease(held) and expired(held)) then
+    put_lease(KEYS[i], field, ARGV[HEAD + 2 * i] .. DEADLINE, not held)
+    taken[i] = 1
   end
 end
 return taken

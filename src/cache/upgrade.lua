@@ -15,17 +15,18 @@ local outcome = {}
 for i = 1, #KEYS do
   local at = HEAD + 4 * i - 4
   local field, value, ttl, token = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local held = get(KEYS[i], field)
   outcome[i] = 0
-  if put_if_empty(KEYS[i], field, token .. DEADLINE, NEW_TTL) then
-    outcome[i] = 2
-  else
-    local held = get(KEYS[i], field)
-    if held and not is_lease(held) then
-      local held_version = version_of(held)
-      if held_version == nil or held_version < version_of(value) then
-        put(KEYS[i], field, value, ttl, false)
-        outcome[i] = 1
-      end
+  if not held then
+    if room(KEYS[i]) > 0 then
+      put_lease(KEYS[i], field, token .. DEADLINE, true)
+      outcome[i] = 2
+    end
+  elseif not is_lease(held) then
+    local held_version = version_of(held)
+    if held_version == nil or held_version < version_of(value) then
+      put(KEYS[i], field, value, ttl, false)
+      outcome[i] = 1
     end
   end
 end

@@ -829,7 +829,6 @@ fn on_step(
     Ok(())
 }
 
-/// Bytes of log from `from` to `to`, over the files between them.
 /// How far behind the log the follower is, in seconds: the age of the
 /// newest change applied (`applied_age`; since the position was stored when
 /// none was applied yet), but never more than the time since a check last
@@ -873,6 +872,7 @@ fn stalled(
     now.duration_since(since) >= STALLED_AFTER
 }
 
+/// Bytes of log from `from` to `to`, over the files between them.
 fn bytes_between(files: &[(String, u64)], from: &Position, to: &Position) -> u64 {
     let mut total = 0;
     let mut counting = false;
