@@ -338,11 +338,8 @@ struct Progressed {
     last_step: Instant,
     /// Events read by then.
     events: u64,
-    /// When a check first saw the log end beyond what was applied, with no
-    /// event read since (see [`stalled`]).
-    behind_since: Option<Instant>,
     /// When a check last saw nothing left to apply: every event not applied
-    /// yet was written after it (see [`lag_seconds`]).
+    /// yet was written after it (see [`lag_seconds`] and [`stalled`]).
     caught_up_at: Option<Instant>,
     last_check: Instant,
     last_warned: Option<Instant>,
@@ -586,7 +583,6 @@ impl Follower {
             dirty: false,
             last_step: now,
             events: 0,
-            behind_since: None,
             caught_up_at: None,
             last_check: now.checked_sub(CHECK_EVERY).unwrap_or(now),
             last_warned: None,
@@ -734,7 +730,11 @@ impl Follower {
             at.stored_at.elapsed(),
             at.caught_up_at.map(|t| t.elapsed()),
         );
-        let stalled = stalled(&mut at.behind_since, bytes, at.last_step, Instant::now());
+        let stalled = stalled(
+            bytes,
+            at.last_step.elapsed(),
+            at.caught_up_at.map(|t| t.elapsed()),
+        );
         if stalled && !refreshing {
             return Err(Ended::Stalled {
                 applied: at.applied.clone(),
@@ -849,27 +849,15 @@ fn lag_seconds(
     caught_up_for.map_or(age, |quiet| age.min(quiet.as_secs_f64()))
 }
 
-/// Whether the stream has stalled: a check saw the log end beyond what was
-/// applied [`STALLED_AFTER`] ago, and nothing was read since. Counted from
-/// that first sight, not from the last event: after a quiet minute the
-/// follower's own position store moves the log's end, and the check right
-/// after it must not take a minute of nothing to send for ten seconds of
-/// nothing sent.
-fn stalled(
-    behind_since: &mut Option<Instant>,
-    bytes: u64,
-    last_step: Instant,
-    now: Instant,
-) -> bool {
-    if bytes == 0 {
-        *behind_since = None;
-        return false;
-    }
-    let since = match *behind_since {
-        Some(seen) if seen >= last_step => seen,
-        _ => *behind_since.insert(now),
-    };
-    now.duration_since(since) >= STALLED_AFTER
+/// Whether the stream has stalled: the log ends beyond what was applied,
+/// and for [`STALLED_AFTER`] nothing was read and no check saw the follower
+/// caught up. Counted from the later of the two, not from the last event
+/// alone: after a quiet minute the follower's own position store moves the
+/// log's end, and the check right after it must not take a minute of
+/// nothing to send for ten seconds of nothing sent.
+fn stalled(bytes: u64, since_step: Duration, since_caught_up: Option<Duration>) -> bool {
+    let waited = since_caught_up.map_or(since_step, |caught_up| caught_up.min(since_step));
+    bytes > 0 && waited >= STALLED_AFTER
 }
 
 /// Bytes of log from `from` to `to`, over the files between them.
@@ -942,31 +930,35 @@ mod tests {
 
     #[test]
     fn a_log_end_just_moved_after_a_quiet_spell_is_not_a_stall() {
-        let quiet = Instant::now();
-        let mut since = None;
-        // A minute without events, then the follower's own store: the log
-        // ends 639 bytes beyond what was applied.
-        let store = quiet + Duration::from_secs(60);
-        assert!(!stalled(&mut since, 639, quiet, store));
+        // A minute without events, caught up at the check a second before
+        // the follower's own store: the log ends 639 bytes beyond what was
+        // applied.
+        let second = Duration::from_secs(1);
+        assert!(!stalled(639, 60 * second, Some(second)));
         // Its events arrive: read, applied, caught up.
-        let read = store + Duration::from_millis(5);
-        assert!(!stalled(&mut since, 0, read, read + Duration::from_secs(1)));
-        assert_eq!(since, None);
+        assert!(!stalled(0, second, Some(Duration::ZERO)));
     }
 
     #[test]
     fn a_log_end_not_sent_for_the_whole_wait_is_a_stall() {
-        let last = Instant::now();
-        let mut since = None;
-        let seen = last + Duration::from_secs(60);
-        assert!(!stalled(&mut since, 639, last, seen));
-        assert!(!stalled(&mut since, 639, last, seen + STALLED_AFTER / 2));
-        assert!(stalled(&mut since, 639, last, seen + STALLED_AFTER));
-        // An event read meanwhile starts the wait again.
-        let step = seen + STALLED_AFTER / 2;
-        let mut since = Some(seen);
-        assert!(!stalled(&mut since, 639, step, seen + STALLED_AFTER));
-        assert!(stalled(&mut since, 639, step, seen + 2 * STALLED_AFTER));
+        // The last event a minute before the end was first seen beyond it;
+        // caught up at the check a second before that.
+        let second = Duration::from_secs(1);
+        let (step, caught_up) = (60 * second, second);
+        let at = |after: Duration| (step + after, caught_up + after);
+        let (s, c) = at(Duration::ZERO);
+        assert!(!stalled(639, s, Some(c)));
+        let (s, c) = at(STALLED_AFTER / 2);
+        assert!(!stalled(639, s, Some(c)));
+        let (s, c) = at(STALLED_AFTER);
+        assert!(stalled(639, s, Some(c)));
+        // An event read meanwhile (half the wait in) starts the wait again.
+        let (_, c) = at(STALLED_AFTER);
+        assert!(!stalled(639, STALLED_AFTER / 2, Some(c)));
+        let (_, c) = at(2 * STALLED_AFTER);
+        assert!(stalled(639, 3 * STALLED_AFTER / 2, Some(c)));
+        // A session that never caught up: from its last event.
+        assert!(stalled(639, STALLED_AFTER, None));
     }
 
     #[test]
