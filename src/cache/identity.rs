@@ -18,19 +18,17 @@ pub struct ServerIdentity {
 
 impl Cache {
     /// The identity of the server behind the cache's connection (two `INFO`
-    /// sections, under the connection's timeouts; not through the breaker:
+    /// sections, each within the request path's timeout; not through the breaker:
     /// not for the request path). In a cluster, of every master: a failover
     /// or a master's restart changes it. `Ok(None)` when a server does not
     /// report them (a proxy that hides `INFO`).
     pub async fn identity(&self) -> Result<Option<ServerIdentity>, CacheError> {
         let mut conn = self.link.clone();
-        let server: redis::Value = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
+        let server: redis::Value = self
+            .bounded(redis::cmd("INFO").arg("server").query_async(&mut conn))
             .await?;
-        let replication: redis::Value = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut conn)
+        let replication: redis::Value = self
+            .bounded(redis::cmd("INFO").arg("replication").query_async(&mut conn))
             .await?;
         let (server, replication) = (per_node(server)?, per_node(replication)?);
         if server.len() == 1 && replication.len() == 1 && server[0].0.is_empty() {

@@ -80,7 +80,14 @@ impl Target {
                 let client = Client::open(self.urls[0].as_str()).map_err(bad)?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.timeout))
-                    .set_response_timeout(Some(self.timeout))
+                    // Every call on this link is bounded by its caller
+                    // (`Cache::guarded`, and the few calls outside it by a
+                    // timeout of their own): a second timer per command
+                    // here cost each request a timer entry, and woke the
+                    // worker's own thread through its event fd whenever the
+                    // worker had no other timer pending
+                    // (docs/operations.md#timeouts).
+                    .set_response_timeout(None)
                     // Reconnection is retried by the next request after the
                     // breaker; a long retry loop here would only hold requests.
                     .set_number_of_retries(1)

@@ -51,6 +51,11 @@ pub fn any_breaker_open() -> bool {
     unix_ms() < ANY_BREAKER_OPEN_UNTIL.load(Ordering::Relaxed)
 }
 
+/// A call that outlived its timeout.
+fn timed_out() -> CacheError {
+    CacheError::Redis(redis::RedisError::from((redis::ErrorKind::Io, "timed out")))
+}
+
 /// Clears the probe flag when dropped.
 struct Probing<'a>(&'a AtomicBool);
 
@@ -201,10 +206,7 @@ impl Cache {
         let _probing = probe.then_some(Probing(&self.probing));
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result.map_err(CacheError::Redis),
-            Err(_) => Err(CacheError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "timed out",
-            )))),
+            Err(_) => Err(timed_out()),
         };
         match &result {
             Ok(_) if probe => self.tripped.store(false, Ordering::Release),
@@ -218,6 +220,18 @@ impl Cache {
             }
         }
         result
+    }
+
+    /// A call outside the request path (no breaker), bounded by the same
+    /// timeout: the link itself puts no timer on a command (`link.rs`).
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(CacheError::Redis),
+            Err(_) => Err(timed_out()),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -268,18 +282,21 @@ impl Cache {
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
                 .arg("MATCH")
                 .arg(self.keys.pattern())
                 .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) =
+                self.bounded(scan.query_async(&mut conn)).await?;
             if !keys.is_empty() {
-                removed += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<u64>(&mut conn)
+                removed += self
+                    .bounded(
+                        redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async::<u64>(&mut conn),
+                    )
                     .await?;
             }
             if next == 0 {

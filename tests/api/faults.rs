@@ -150,3 +150,43 @@ async fn mysql_killed_serves_cache_hits_refuses_the_rest_and_recovers() {
     assert_eq!(app.act(1, "2", "remove").await.status(), 200);
     assert_eq!(app.status(2, 1).await, None);
 }
+
+/// The calls outside the request path (the sweeper's look at which server
+/// answers, `seed --reset`'s purge) are bounded by the Redis timeout on
+/// their own: the connection sets no timer on a command
+/// (`docs/operations.md#timeouts`), so without their bound a Redis that
+/// stopped answering would hold them for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_outside_the_request_path_end_within_the_timeout_while_redis_is_stopped() {
+    // Arrange: a cache on a private Redis, connected and answering.
+    let redis = PrivateRedis::start().await;
+    let cache = crate::helpers::cache_on(&redis.url(), &crate::helpers::unique("bound:"));
+    assert!(cache.identity().await.expect("identity").is_some());
+    assert_eq!(cache.purge().await.expect("purge"), Some(0));
+
+    // Act: the server stops answering (SIGSTOP keeps the connection open).
+    redis.pause();
+    let started = Instant::now();
+    let identity = tokio::time::timeout(Duration::from_secs(10), cache.identity()).await;
+    let identity_took = started.elapsed();
+    let started = Instant::now();
+    let purge = tokio::time::timeout(Duration::from_secs(10), cache.purge()).await;
+    let purge_took = started.elapsed();
+    redis.resume();
+
+    // Assert: each failed after about the timeout (2 s in the tests), not
+    // the test's own 10 s.
+    assert!(
+        matches!(identity, Ok(Err(_))),
+        "identity ended in {identity_took:?}"
+    );
+    assert!(matches!(purge, Ok(Err(_))), "purge ended in {purge_took:?}");
+    for took in [identity_took, purge_took] {
+        assert!(
+            took >= Duration::from_millis(1_900) && took < Duration::from_secs(5),
+            "took {took:?}"
+        );
+    }
+    // And the connection is usable again once the server is back.
+    assert!(cache.identity().await.expect("identity after").is_some());
+}
