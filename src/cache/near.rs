@@ -299,6 +299,19 @@ pub struct NearLink {
     connecting: tokio::sync::Mutex<()>,
 }
 
+/// A link's near cache leaves the process's list with it: a worker that
+/// actix restarts (and the service's own background users of a worker's
+/// state) would otherwise leave its cache, entries and all, in the list for
+/// good, and every write would keep forgetting keys in it.
+impl Drop for NearLink {
+    fn drop(&mut self) {
+        self.all
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|near| !Arc::ptr_eq(near, &self.near));
+    }
+}
+
 impl std::fmt::Debug for NearLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NearLink").finish_non_exhaustive()
@@ -474,6 +487,31 @@ mod tests {
 
     fn near(entries: usize) -> Near {
         Near::new(entries, Keys::new("t:"))
+    }
+
+    #[test]
+    fn a_dropped_link_takes_its_near_cache_out_of_the_process_list() {
+        let all = Nears::default();
+        let link = |entries| {
+            NearLink::new(
+                Arc::new(near(entries)),
+                all.clone(),
+                "redis://127.0.0.1:1",
+                Duration::from_millis(100),
+            )
+            .unwrap()
+        };
+        let (first, second) = (link(10), link(20));
+        assert_eq!(all.read().unwrap().len(), 2);
+
+        drop(first);
+        let left = all.read().unwrap();
+        assert_eq!(left.len(), 1);
+        assert!(Arc::ptr_eq(&left[0], &second.near));
+        drop(left);
+
+        drop(second);
+        assert!(all.read().unwrap().is_empty());
     }
 
     const ACTIVE: Versioned<Presence> = Versioned {
