@@ -300,9 +300,8 @@ pub struct NearLink {
 }
 
 /// A link's near cache leaves the process's list with it: a worker that
-/// actix restarts (and the service's own background users of a worker's
-/// state) would otherwise leave its cache, entries and all, in the list for
-/// good, and every write would keep forgetting keys in it.
+/// actix restarts would otherwise leave its old cache, entries and all, in
+/// the list for good, and every write would keep forgetting keys in it.
 impl Drop for NearLink {
     fn drop(&mut self) {
         self.all
