@@ -724,17 +724,14 @@ impl Follower {
         if bytes == 0 {
             at.caught_up_at = Some(Instant::now());
         }
+        let caught_up_for = at.caught_up_at.map(|t| t.elapsed());
         let seconds = lag_seconds(
             bytes,
             at.applied_at.map(|when| unix_now() - f64::from(when)),
             at.stored_at.elapsed(),
-            at.caught_up_at.map(|t| t.elapsed()),
+            caught_up_for,
         );
-        let stalled = stalled(
-            bytes,
-            at.last_step.elapsed(),
-            at.caught_up_at.map(|t| t.elapsed()),
-        );
+        let stalled = stalled(bytes, at.last_step.elapsed(), caught_up_for);
         if stalled && !refreshing {
             return Err(Ended::Stalled {
                 applied: at.applied.clone(),
